@@ -1,0 +1,450 @@
+"""Mergeable streaming statistics over sparse concept codes: one shape (update / get / merge, ``+`` and ``+=``) and a
+declared state that saves and loads as one unit in a pickle-free ``.npz`` file.
+
+Every update costs O(nonzeros) of the batch: per-concept sums go through ``np.add.at`` on the CSR indices, never
+through a dense (images x concepts) matrix. Merging two partials is exact up to float64 summation order, so partial
+windows from several workers combine into the same numbers a single process would have produced.
+
+>>> import numpy as np
+>>> from monitor.records import SparseCodes
+>>> codes = SparseCodes.from_dense(np.array([[0.5, 0.0, 0.2], [0.0, 0.0, 0.4]]), fidelity=[0.9, 0.8], l1=0.25)
+>>> a, b = ConceptMoments(3), ConceptMoments(3)
+>>> a.update(codes.take([0])); b.update(codes.take([1]))
+>>> (a + b).get()["presence"].tolist()
+[1, 0, 2]
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from monitor.records import SparseCodes, WindowSummary
+
+__all__ = [
+    "Statistic",
+    "Moments",
+    "ConceptMoments",
+    "WindowStats",
+    "rows_of_nonzeros",
+    "save_state",
+    "load_state",
+]
+
+_STATE_FORMAT = "splice-monitor-state/1"
+
+
+def rows_of_nonzeros(codes: SparseCodes) -> np.ndarray:
+    """Row number of every stored nonzero of ``codes`` (int64, shape (nnz,))."""
+    return np.repeat(np.arange(len(codes), dtype=np.int64), codes.l0)
+
+
+def _select(codes: SparseCodes, rows: np.ndarray | None) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(indices, values, fidelity, l0) of the selected rows without building a new SparseCodes (cheap row masks)."""
+    if rows is None:
+        return codes.indices, codes.values, codes.fidelity, codes.l0
+    rows = np.asarray(rows)
+    n = len(codes)
+    if rows.dtype == bool:
+        if rows.shape != (n,):
+            raise ValueError(f"rows: boolean mask must have shape ({n},), got {rows.shape}")
+        mask = rows
+    else:
+        mask = np.zeros(n, dtype=bool)
+        mask[rows.astype(np.int64)] = True
+    nz_mask = np.repeat(mask, codes.l0)
+    return codes.indices[nz_mask], codes.values[nz_mask], codes.fidelity[mask], codes.l0[mask]
+
+
+class Statistic:
+    """Shared shape of every streaming statistic: ``update``, ``get``, in-place ``merge`` (also ``+=``), ``+`` that
+    returns a new object, and a declared state (``state_dict`` / ``from_state``, ``save`` / ``load``)."""
+
+    def update(self, *args: Any, **kwargs: Any) -> None:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def get(self) -> Any:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def merge(self, other: "Statistic") -> "Statistic":  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def state_dict(self) -> dict[str, Any]:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any]) -> "Statistic":  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def copy(self):
+        return type(self).from_state(self.state_dict())
+
+    def __iadd__(self, other):
+        return self.merge(other)
+
+    def __add__(self, other):
+        return self.copy().merge(other)
+
+    def __eq__(self, other: object) -> bool:
+        if type(other) is not type(self):
+            return NotImplemented
+        return _states_equal(self.state_dict(), other.state_dict())
+
+    __hash__ = None  # mutable
+
+    def save(self, path: str | Path) -> None:
+        save_state(path, {"class": type(self).__name__, "state": self.state_dict()})
+
+    @classmethod
+    def load(cls, path: str | Path):
+        blob = load_state(path)
+        if blob.get("class") != cls.__name__:
+            raise ValueError(f"{path}: holds a {blob.get('class')!r} state, expected {cls.__name__!r}")
+        return cls.from_state(blob["state"])
+
+
+class Moments(Statistic):
+    """Count, sum, sum of squares, min and max of a scalar stream (fidelity, l0, ...)."""
+
+    def __init__(self) -> None:
+        self.n = 0
+        self.sum = 0.0
+        self.sq_sum = 0.0
+        self.min = math.inf
+        self.max = -math.inf
+
+    def update(self, x: np.ndarray | float) -> None:
+        x = np.asarray(x, dtype=np.float64).reshape(-1)
+        if x.size == 0:
+            return
+        self.n += int(x.size)
+        self.sum += float(x.sum())
+        self.sq_sum += float(np.dot(x, x))
+        self.min = min(self.min, float(x.min()))
+        self.max = max(self.max, float(x.max()))
+
+    def get(self) -> dict[str, float]:
+        mean = self.sum / self.n if self.n else math.nan
+        var = max(self.sq_sum / self.n - mean * mean, 0.0) if self.n else math.nan
+        return {"n": self.n, "mean": mean, "var": var, "min": self.min, "max": self.max}
+
+    def merge(self, other: "Moments") -> "Moments":
+        if not isinstance(other, Moments):
+            raise TypeError(f"cannot merge Moments with {type(other).__name__}")
+        self.n += other.n
+        self.sum += other.sum
+        self.sq_sum += other.sq_sum
+        self.min = min(self.min, other.min)
+        self.max = max(self.max, other.max)
+        return self
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"n": self.n, "sum": self.sum, "sq_sum": self.sq_sum, "min": self.min, "max": self.max}
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any]) -> "Moments":
+        out = cls()
+        out.n = int(state["n"])
+        out.sum = float(state["sum"])
+        out.sq_sum = float(state["sq_sum"])
+        out.min = float(state["min"])
+        out.max = float(state["max"])
+        return out
+
+
+class ConceptMoments(Statistic):
+    """Per-concept image count, weight sum, weight sum of squares, presence count (weight > 0) and weight max.
+
+    ``weight_max`` is kept because the drift test's tail bound for mean activation needs the range of the weights.
+    """
+
+    def __init__(self, n_concepts: int) -> None:
+        if int(n_concepts) <= 0:
+            raise ValueError(f"n_concepts must be a positive integer, got {n_concepts!r}")
+        self.n_concepts = int(n_concepts)
+        self.n_images = 0
+        self.weight_sum = np.zeros(self.n_concepts, dtype=np.float64)
+        self.weight_sq_sum = np.zeros(self.n_concepts, dtype=np.float64)
+        self.presence = np.zeros(self.n_concepts, dtype=np.int64)
+        self.weight_max = np.zeros(self.n_concepts, dtype=np.float64)
+
+    def _check_space(self, n_concepts: int, what: str) -> None:
+        if n_concepts != self.n_concepts:
+            raise ValueError(f"{what} has {n_concepts} concepts, these statistics have {self.n_concepts}")
+
+    def update(self, codes: SparseCodes, rows: np.ndarray | None = None) -> None:
+        """Add the rows of ``codes`` (all, or the boolean mask / index array ``rows``)."""
+        self._check_space(codes.n_concepts, "codes")
+        indices, values, _, l0 = _select(codes, rows)
+        self.update_arrays(len(l0), indices, values)
+
+    def update_arrays(self, n_images: int, indices: np.ndarray, values: np.ndarray) -> None:
+        """Add ``n_images`` images whose nonzeros are (indices, values); trusted inputs (see ``update``)."""
+        self.n_images += int(n_images)
+        if len(indices) == 0:
+            return
+        v = values.astype(np.float64, copy=False)
+        np.add.at(self.weight_sum, indices, v)
+        np.add.at(self.weight_sq_sum, indices, v * v)
+        np.add.at(self.presence, indices, 1)
+        np.maximum.at(self.weight_max, indices, v)
+
+    def get(self) -> dict[str, np.ndarray | int]:
+        n = max(self.n_images, 1)
+        mean = self.weight_sum / n
+        return {
+            "n_images": self.n_images,
+            "weight_sum": self.weight_sum.copy(),
+            "weight_sq_sum": self.weight_sq_sum.copy(),
+            "presence": self.presence.copy(),
+            "weight_max": self.weight_max.copy(),
+            "prevalence": self.presence / n,
+            "mean": mean,
+            "var": np.maximum(self.weight_sq_sum / n - mean * mean, 0.0),
+        }
+
+    def merge(self, other: "ConceptMoments") -> "ConceptMoments":
+        if not isinstance(other, ConceptMoments):
+            raise TypeError(f"cannot merge ConceptMoments with {type(other).__name__}")
+        self._check_space(other.n_concepts, "the other ConceptMoments")
+        self.n_images += other.n_images
+        self.weight_sum += other.weight_sum
+        self.weight_sq_sum += other.weight_sq_sum
+        self.presence += other.presence
+        np.maximum(self.weight_max, other.weight_max, out=self.weight_max)
+        return self
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "n_concepts": self.n_concepts,
+            "n_images": self.n_images,
+            "weight_sum": self.weight_sum.copy(),
+            "weight_sq_sum": self.weight_sq_sum.copy(),
+            "presence": self.presence.copy(),
+            "weight_max": self.weight_max.copy(),
+        }
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any]) -> "ConceptMoments":
+        out = cls(int(state["n_concepts"]))
+        out.n_images = int(state["n_images"])
+        out.weight_sum = np.array(state["weight_sum"], dtype=np.float64)
+        out.weight_sq_sum = np.array(state["weight_sq_sum"], dtype=np.float64)
+        out.presence = np.array(state["presence"], dtype=np.int64)
+        out.weight_max = np.array(state["weight_max"], dtype=np.float64)
+        for key in ("weight_sum", "weight_sq_sum", "presence", "weight_max"):
+            out._check_space(len(getattr(out, key)), f"state[{key!r}]")
+        return out
+
+
+class WindowStats(Statistic):
+    """Everything one window of one stream aggregates: per-concept moments, fidelity and l0 moments, event-time
+    extent. Converts to and from the shared :class:`~monitor.records.WindowSummary`."""
+
+    def __init__(self, n_concepts: int) -> None:
+        self.concepts = ConceptMoments(n_concepts)
+        self.fidelity = Moments()
+        self.l0 = Moments()
+        self.time = Moments()  # event timestamps: min/max give the observed extent
+
+    @property
+    def n_concepts(self) -> int:
+        return self.concepts.n_concepts
+
+    @property
+    def n_images(self) -> int:
+        return self.concepts.n_images
+
+    def update(
+        self, codes: SparseCodes, timestamps: np.ndarray | None = None, rows: np.ndarray | None = None
+    ) -> None:
+        """Add rows of ``codes`` with their event ``timestamps`` (aligned with all rows of ``codes``)."""
+        self.concepts._check_space(codes.n_concepts, "codes")
+        indices, values, fidelity, l0 = _select(codes, rows)
+        self.concepts.update_arrays(len(l0), indices, values)
+        self.fidelity.update(fidelity)
+        self.l0.update(l0)
+        if timestamps is not None:
+            ts = np.asarray(timestamps, dtype=np.float64)
+            if ts.shape != (len(codes),):
+                raise ValueError(f"timestamps: expected shape ({len(codes)},), got {ts.shape}")
+            self.time.update(ts if rows is None else ts[rows])
+
+    def get(self) -> dict[str, Any]:
+        return {"concepts": self.concepts.get(), "fidelity": self.fidelity.get(), "l0": self.l0.get(),
+                "time": self.time.get()}
+
+    def merge(self, other: "WindowStats") -> "WindowStats":
+        if not isinstance(other, WindowStats):
+            raise TypeError(f"cannot merge WindowStats with {type(other).__name__}")
+        self.concepts.merge(other.concepts)
+        self.fidelity.merge(other.fidelity)
+        self.l0.merge(other.l0)
+        self.time.merge(other.time)
+        return self
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "concepts": self.concepts.state_dict(),
+            "fidelity": self.fidelity.state_dict(),
+            "l0": self.l0.state_dict(),
+            "time": self.time.state_dict(),
+        }
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any]) -> "WindowStats":
+        out = cls(int(state["concepts"]["n_concepts"]))
+        out.concepts = ConceptMoments.from_state(state["concepts"])
+        out.fidelity = Moments.from_state(state["fidelity"])
+        out.l0 = Moments.from_state(state["l0"])
+        out.time = Moments.from_state(state["time"])
+        return out
+
+    def to_summary(
+        self, stream: str, start: float | None = None, end: float | None = None, concept_space: str = ""
+    ) -> WindowSummary:
+        """The shared record; ``start``/``end`` default to the observed event-time extent [min, nextafter(max))."""
+        if start is None:
+            start = self.time.min if self.time.n else math.nan
+        if end is None:
+            end = float(np.nextafter(self.time.max, math.inf)) if self.time.n else math.nan
+        c = self.concepts
+        return WindowSummary(
+            stream=stream,
+            start=float(start),
+            end=float(end),
+            n_images=c.n_images,
+            weight_sum=c.weight_sum.copy(),
+            weight_sq_sum=c.weight_sq_sum.copy(),
+            presence=c.presence.copy(),
+            fidelity_sum=self.fidelity.sum,
+            fidelity_sq_sum=self.fidelity.sq_sum,
+            fidelity_min=self.fidelity.min,
+            fidelity_max=self.fidelity.max,
+            l0_sum=self.l0.sum,
+            l0_sq_sum=self.l0.sq_sum,
+            concept_space=concept_space,
+        )
+
+    @classmethod
+    def from_summary(cls, summary: WindowSummary, weight_max: np.ndarray | None = None) -> "WindowStats":
+        """Rebuild from a stored WindowSummary (e.g. a reference loaded from history).
+
+        A summary carries no per-concept weight maximum; pass ``weight_max`` if known, otherwise the bound
+        sqrt(weight_sq_sum) (the largest a single weight can be given the sum of squares) is used, which keeps the
+        activation test's tail bound valid but less sharp.
+        """
+        out = cls(summary.n_concepts)
+        c = out.concepts
+        c.n_images = int(summary.n_images)
+        c.weight_sum = np.array(summary.weight_sum, dtype=np.float64)
+        c.weight_sq_sum = np.array(summary.weight_sq_sum, dtype=np.float64)
+        c.presence = np.array(summary.presence, dtype=np.int64)
+        wm = getattr(summary, "weight_max", None) if weight_max is None else weight_max
+        c.weight_max = np.array(wm if wm is not None else np.sqrt(c.weight_sq_sum), dtype=np.float64)
+        for name, s, sq, lo, hi in (
+            ("fidelity", summary.fidelity_sum, summary.fidelity_sq_sum, summary.fidelity_min, summary.fidelity_max),
+            ("l0", summary.l0_sum, summary.l0_sq_sum, math.nan, math.nan),
+        ):
+            m = Moments()
+            m.n, m.sum, m.sq_sum = c.n_images, float(s), float(sq)
+            m.min = float(lo) if not math.isnan(lo) else math.inf
+            m.max = float(hi) if not math.isnan(hi) else -math.inf
+            setattr(out, name, m)
+        if c.n_images:
+            out.time.n = 2
+            out.time.min, out.time.max = float(summary.start), float(summary.end)
+            out.time.sum = out.time.min + out.time.max
+            out.time.sq_sum = out.time.min ** 2 + out.time.max ** 2
+        return out
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# pickle-free state files
+
+
+def _flatten(prefix: str, value: Any, arrays: dict[str, np.ndarray], kinds: dict[str, str]) -> None:
+    if isinstance(value, dict):
+        kinds[prefix] = "dict"
+        for key, sub in value.items():
+            if "/" in str(key):
+                raise ValueError(f"state key {key!r} must not contain '/'")
+            _flatten(f"{prefix}/{key}" if prefix else str(key), sub, arrays, kinds)
+        return
+    if value is None:
+        kinds[prefix] = "none"
+        return
+    if isinstance(value, (bool, np.bool_)):
+        kinds[prefix], arrays[prefix] = "bool", np.array(bool(value))
+    elif isinstance(value, (int, np.integer)):
+        kinds[prefix], arrays[prefix] = "int", np.array(int(value), dtype=np.int64)
+    elif isinstance(value, (float, np.floating)):
+        kinds[prefix], arrays[prefix] = "float", np.array(float(value), dtype=np.float64)
+    elif isinstance(value, str):
+        kinds[prefix], arrays[prefix] = "str", np.array(value, dtype=np.str_)
+    elif isinstance(value, np.ndarray):
+        if value.dtype == object:
+            raise TypeError(f"state[{prefix!r}]: object arrays cannot be saved without pickle")
+        kinds[prefix], arrays[prefix] = "array", value
+    elif isinstance(value, (list, tuple)):
+        kinds[prefix], arrays[prefix] = "json", np.array(json.dumps(value), dtype=np.str_)
+    else:
+        raise TypeError(f"state[{prefix!r}]: cannot save a {type(value).__name__}")
+
+
+def save_state(path: str | Path, state: dict[str, Any]) -> None:
+    """Write a nested dict of arrays / scalars / strings / lists to ``path`` (.npz, loadable without pickle)."""
+    arrays: dict[str, np.ndarray] = {}
+    kinds: dict[str, str] = {}
+    _flatten("", state, arrays, kinds)
+    arrays["__manifest__"] = np.array(json.dumps({"format": _STATE_FORMAT, "kinds": kinds}), dtype=np.str_)
+    with open(path, "wb") as fh:
+        np.savez(fh, **arrays)
+
+
+def load_state(path: str | Path) -> dict[str, Any]:
+    """Read a file written by :func:`save_state` (``allow_pickle=False``)."""
+    with np.load(path, allow_pickle=False) as npz:
+        manifest = json.loads(str(npz["__manifest__"]))
+        if manifest.get("format") != _STATE_FORMAT:
+            raise ValueError(f"{path}: not a splice-monitor state file (format {manifest.get('format')!r})")
+        root: dict[str, Any] = {}
+        for key, kind in manifest["kinds"].items():
+            if key == "":
+                continue
+            parts = key.split("/")
+            node = root
+            for part in parts[:-1]:
+                node = node.setdefault(part, {})
+            leaf = parts[-1]
+            if kind == "dict":
+                node.setdefault(leaf, {})
+            elif kind == "none":
+                node[leaf] = None
+            elif kind == "bool":
+                node[leaf] = bool(npz[key])
+            elif kind == "int":
+                node[leaf] = int(npz[key])
+            elif kind == "float":
+                node[leaf] = float(npz[key])
+            elif kind == "str":
+                node[leaf] = str(npz[key])
+            elif kind == "json":
+                node[leaf] = json.loads(str(npz[key]))
+            else:
+                node[leaf] = npz[key].copy()
+        return root
+
+
+def _states_equal(a: Any, b: Any) -> bool:
+    if isinstance(a, dict):
+        return isinstance(b, dict) and a.keys() == b.keys() and all(_states_equal(a[k], b[k]) for k in a)
+    if isinstance(a, np.ndarray) or isinstance(b, np.ndarray):
+        return np.array_equal(np.asarray(a), np.asarray(b), equal_nan=np.asarray(a).dtype.kind == "f")
+    if isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b):
+        return True
+    return a == b
