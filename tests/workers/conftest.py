@@ -1,0 +1,157 @@
+"""Fixtures for the Ray shell's tests: a real redis-server on a free loopback port, one local Ray per session, and
+small image/caption payloads covering every bad-input class."""
+
+from __future__ import annotations
+
+import io
+import os
+import shutil
+import socket
+import subprocess
+import time
+
+import numpy as np
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory):
+    """URL of a throwaway redis-server (Debian package) bound to 127.0.0.1, stopped at the end of the session."""
+    exe = shutil.which("redis-server")
+    if exe is None:
+        pytest.skip("redis-server is not installed (Debian package redis-server; scripts/setup.sh installs it)")
+    port = _free_port()
+    workdir = tmp_path_factory.mktemp("redis")
+    proc = subprocess.Popen(
+        [exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", str(workdir)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    import redis
+
+    client = redis.Redis(host="127.0.0.1", port=port)
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            client.ping()
+            break
+        except redis.ConnectionError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                proc.kill()
+                raise RuntimeError(f"redis-server did not start on port {port}")
+            time.sleep(0.05)
+    client.close()
+    yield f"redis://127.0.0.1:{port}/0"
+    proc.terminate()
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+@pytest.fixture
+def redis_client(redis_url):
+    import redis
+
+    client = redis.Redis.from_url(redis_url)
+    client.flushdb()
+    yield client
+    client.close()
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    """One local Ray for the whole test session (2 CPUs, no dashboard)."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    yield ray
+    ray.shutdown()
+
+
+def jpeg_bytes(seed: int, size: tuple[int, int] = (48, 40), mode: str = "RGB", fmt: str = "JPEG") -> bytes:
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    channels = {"RGB": 3, "RGBA": 4, "CMYK": 4, "L": 1}[mode]
+    arr = rng.integers(0, 256, size=(size[1], size[0], channels), dtype=np.uint8)
+    img = Image.fromarray(arr[..., 0] if channels == 1 else arr, mode=mode)
+    buf = io.BytesIO()
+    img.save(buf, format=fmt)
+    return buf.getvalue()
+
+
+@pytest.fixture(scope="session")
+def test_vocab(tmp_path_factory) -> str:
+    """A small real vocabulary (topic words of the caption stream plus the most frequent built-in concepts), so
+    dictionaries build in about a second."""
+    from monitor.vocab import default_vocabulary
+    from workers.captions import TOPICS
+
+    words = []
+    for parts in TOPICS.values():
+        for phrase in parts["subjects"] + parts["places"] + parts["extras"]:
+            words += [w for w in phrase.replace(",", " ").split() if len(w) > 2]
+    words += list(default_vocabulary().concepts[:200])
+    seen, vocab = set(), []
+    for w in words:
+        if w not in seen:
+            seen.add(w)
+            vocab.append(w)
+    path = tmp_path_factory.mktemp("vocab") / "vocab.txt"
+    path.write_text("\n".join(vocab) + "\n")
+    return str(path)
+
+
+@pytest.fixture(scope="session")
+def cache_dir(splice_cache_dir) -> str:
+    """The suite's persistent dictionary cache (tests/conftest.py), so dictionaries are built once per checkout."""
+    return str(splice_cache_dir)
+
+
+@pytest.fixture(scope="session")
+def text_config(test_vocab, cache_dir):
+    from monitor.worker import WorkerConfig
+
+    return WorkerConfig(model="minilm", vocab=test_vocab, cache_dir=cache_dir, mean="vocab")
+
+
+@pytest.fixture(scope="session")
+def image_config(test_vocab, cache_dir, tmp_path_factory):
+    """A small open_clip architecture at seeded random init (no weights can be downloaded here), with 64 concepts:
+    its text tower is slow on a shared CPU and random weights give the concepts no meaning anyway."""
+    from monitor.worker import WorkerConfig
+
+    words = open(test_vocab).read().split("\n")[:64]
+    path = tmp_path_factory.mktemp("vocab-img") / "vocab64.txt"
+    path.write_text("\n".join(words) + "\n")
+    return WorkerConfig(model="ViT-S-32", pretrained="random", vocab=str(path), cache_dir=cache_dir,
+                        max_pixels=4_000_000, mean="vocab")
+
+
+def caption_parquet(path, n: int, **kwargs) -> tuple[str, list[str]]:
+    """A caption Parquet file from the demo's generator; returns (source URI, item ids)."""
+    from workers.captions import CaptionStream, write_parquet
+
+    stream = CaptionStream(n=n, **kwargs)
+    uri = write_parquet(stream, str(path))
+    return uri, [c.id for c in stream]
+
+
+def add_captions(client, key: str, n: int, seed: int = 0) -> list[str]:
+    """XADD n captions; returns their entry ids (the items' ids)."""
+    from workers.captions import CaptionStream
+
+    pipe = client.pipeline(transaction=False)
+    for c in CaptionStream(n=n, seed=seed):
+        pipe.xadd(key, {"text": c.text, "ts": repr(c.timestamp), "topic": c.topic})
+    return [i.decode() for i in pipe.execute()]

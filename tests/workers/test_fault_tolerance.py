@@ -1,0 +1,103 @@
+"""Nothing is lost and nothing is counted twice: a worker actor killed mid-stream is restarted by Ray, its batches
+are redone, and every source item is counted exactly once; the aggregator's commit is idempotent by batch and by
+item id, and its ledger holds only unacknowledged batches."""
+
+from __future__ import annotations
+
+import os
+import signal
+
+import numpy as np
+
+from monitor.history import HistoryStore
+from monitor.records import ItemMeta, SparseCodes
+from monitor.worker import DeadLetter, Partial
+from tests.workers.conftest import add_captions, caption_parquet
+from workers.actors import AggregatorConfig, AggregatorCore
+from workers.pipeline import PipelineConfig, run_pipeline
+
+MONITOR = {"window": {"kind": "count", "size": 100}, "reference": {"mode": "fixed", "n_images": 200}}
+NAMES = [f"concept{j}" for j in range(20)]
+
+
+def _partial(ids, dead_ids=(), seed=0):
+    rng = np.random.default_rng(seed)
+    dense = np.where(rng.random((len(ids), len(NAMES))) < 0.2, rng.random((len(ids), len(NAMES))), 0.0)
+    codes = SparseCodes.from_dense(dense, fidelity=np.full(len(ids), 0.9), l1=0.25)
+    items = [ItemMeta(id=i, timestamp=1000.0 + k) for k, i in enumerate(ids)]
+    dead = [DeadLetter(item_id=i, stream="default", timestamp=0.0, reason="truncated", detail="x") for i in dead_ids]
+    return Partial(codes=codes, items=items, dead_letters=dead)
+
+
+def test_a_batch_committed_twice_is_counted_once():
+    agg = AggregatorCore(AggregatorConfig(monitor=MONITOR), NAMES, "space")
+    first = agg.commit(1, _partial(["a", "b", "c"], dead_ids=["d"]))
+    again = agg.commit(1, _partial(["a", "b", "c"], dead_ids=["d"]))
+    assert (first.counted, first.dead_letters, first.duplicate) == (3, 1, False)
+    assert again.duplicate and again.counted == 0
+    agg.release([1])
+    assert agg.commit(1, _partial(["a", "b", "c"])).duplicate  # an acknowledged batch stays committed
+    assert agg.summary()["images"] == 3 and agg.summary()["dead_letters_total"] == 1
+
+
+def test_an_item_redelivered_before_its_batch_is_acknowledged_is_skipped():
+    agg = AggregatorCore(AggregatorConfig(monitor=MONITOR), NAMES, "space")
+    agg.commit(1, _partial(["m1", "m2"]))
+    # the source handed m2 out again (e.g. reclaimed) inside a new batch before batch 1 was acknowledged
+    result = agg.commit(2, _partial(["m2", "m3"], dead_ids=["m1"]))
+    assert (result.counted, result.dead_letters, result.skipped_ids) == (1, 0, 2)
+    assert agg.summary()["images"] == 3
+
+
+def test_the_ledger_holds_only_unacknowledged_batches():
+    agg = AggregatorCore(AggregatorConfig(monitor=MONITOR), NAMES, "space")
+    for seq in range(1, 301):
+        agg.commit(seq, _partial([f"{seq}-{k}" for k in range(10)], seed=seq), released=(seq - 2,) if seq > 2 else ())
+    agg.release([299, 300])
+    assert agg.summary()["images"] == 3000
+    assert agg.ledger_size() == 0 and agg._released_below == 301
+
+
+def test_killed_worker_actor_mid_stream_every_redis_message_counted_once(ray_local, text_config, redis_url,
+                                                                       redis_client, tmp_path):
+    import ray
+
+    ids = add_captions(redis_client, "frames", 480)
+    killed = []
+
+    def after_submit(seq, workers):
+        if seq == 4 and not killed:  # batches 1-4 are in flight on both workers
+            killed.append(seq)
+            ray.kill(workers[0], no_restart=False)
+
+    config = PipelineConfig(source=f"{redis_url}?stream=frames&group=splice&drain=1", worker=text_config,
+                            workers=2, batch_size=30, monitor=MONITOR, history=str(tmp_path / "h"),
+                            write_codes=True)
+    summary = run_pipeline(config, hooks={"after_submit": after_submit})
+    assert killed and summary.retries >= 1 and summary.worker_failures >= 1
+    assert summary.images == 480 and summary.duplicate_batches == 0
+    assert redis_client.xpending("frames", "splice")["pending"] == 0
+    _, items = HistoryStore.open(tmp_path / "h").read_codes()
+    assert sorted(it.id for it in items) == sorted(ids)  # each message exactly once
+
+
+def test_worker_process_killed_by_sigkill_mid_batch_parquet_rows_counted_once(ray_local, text_config, tmp_path):
+    import ray
+
+    uri, ids = caption_parquet(tmp_path / "caps.parquet", 400)
+    killed = []
+
+    def after_submit(seq, workers):
+        if seq == 3 and not killed:
+            pid = ray.get(workers[1].pid.remote())
+            os.kill(pid, signal.SIGKILL)  # the process dies with a batch inside it, no Ray involvement
+            killed.append(pid)
+
+    config = PipelineConfig(source=uri, worker=text_config, workers=2, batch_size=25, monitor=MONITOR,
+                            history=str(tmp_path / "h"), write_codes=True)
+    summary = run_pipeline(config, hooks={"after_submit": after_submit})
+    assert killed and summary.retries >= 1
+    assert summary.images == 400
+    _, items = HistoryStore.open(tmp_path / "h").read_codes()
+    assert sorted(it.id for it in items) == sorted(ids)
+    assert sum(w.n_images for w in HistoryStore.open(tmp_path / "h").read_windows()) == 400

@@ -1,0 +1,441 @@
+"""Ray actors of the pipeline: a Worker actor wrapping the core ``monitor.worker.Worker`` and an Aggregator actor that
+commits batch contributions exactly once and owns windows, reference, drift tests, metrics, history and dead letters.
+
+Both are plain classes first (``WorkerHost``, ``AggregatorCore``) so they run and are tested without Ray; the Ray
+actor classes are made from them by ``worker_actor_class`` / ``aggregator_actor_class``.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections import Counter, deque
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from monitor.records import Alarm, ItemMeta, SparseCodes, WindowSummary
+from monitor.worker import DeadLetter, Partial, Worker, WorkerConfig
+
+__all__ = ["WorkerHost", "AggregatorConfig", "AggregatorCore", "CommitResult", "worker_actor_class",
+           "aggregator_actor_class"]
+
+
+class WorkerHost:
+    """What a Worker actor runs: the core worker, built once per actor life (model and dictionary loaded here)."""
+
+    def __init__(self, config: WorkerConfig) -> None:
+        self.config = config
+        self.worker = Worker.create(config)
+        self.started = time.time()
+
+    def info(self) -> dict[str, Any]:
+        return {
+            "pid": os.getpid(),
+            "concept_names": self.worker.concept_names,
+            "concept_space": self.worker.concept_space,
+            "dim": int(self.worker.encoder.dim),
+            "encoder": str(getattr(self.worker.encoder, "id", "")),
+            "device": str(self.config.device or "cpu"),
+            "started": self.started,
+        }
+
+    def pid(self) -> int:
+        return os.getpid()
+
+    def process(self, items: list) -> Partial:
+        return self.worker.process(items)
+
+
+@dataclass(frozen=True)
+class AggregatorConfig:
+    """What the aggregator owns besides the commit ledger: monitor options, exporter port, history and dead letters."""
+
+    monitor: dict[str, Any] = field(default_factory=dict)  # keyword options of the concept monitor
+    metrics_port: int | None = None
+    metrics_host: str = "0.0.0.0"
+    history: str | None = None
+    write_codes: bool = False
+    dead_letter: str | None = None
+    keep_alarms: int = 1000
+
+
+@dataclass
+class CommitResult:
+    """What one commit did; ``alarms`` are the alarms that fired while applying this batch."""
+
+    seq: int
+    duplicate: bool = False
+    counted: int = 0
+    dead_letters: int = 0
+    skipped_ids: int = 0
+    alarms: list[Alarm] = field(default_factory=list)
+    windows_closed: int = 0
+
+
+class AggregatorCore:
+    """Commits batch partials exactly once and feeds the monitor, metrics, history and dead-letter sink.
+
+    Idempotence: a batch is identified by its source sequence number. A commit of a sequence number that is already
+    committed (a retried commit call) is ignored; items whose id belongs to a batch that is committed but not yet
+    acknowledged at the source (a redelivery that raced the acknowledgement) are skipped. The driver releases a
+    sequence number once the source has acknowledged it, so the ledger holds at most the in-flight batches: memory
+    is bounded by in-flight work, never by the number of items seen.
+    """
+
+    def __init__(self, config: AggregatorConfig, concept_names: list[str], concept_space: str) -> None:
+        from workers.deadletter import open_sink
+
+        self.config = config
+        self.concept_names = list(concept_names)
+        self.concept_space = concept_space
+        self.monitor = _make_monitor(self.concept_names, concept_space, config.monitor)
+        self.metrics = None
+        self.exporter = None
+        if config.metrics_port is not None:
+            self.metrics, self.exporter = _make_metrics(self.concept_names, config.metrics_port, config.metrics_host)
+        self.history = None
+        if config.history:
+            self.history = _make_history(config.history, self.concept_names, concept_space)
+        self.sink = open_sink(config.dead_letter)
+        # the ledger: committed-not-acknowledged batches and their item ids
+        self._open: dict[int, list[str]] = {}
+        self._open_ids: dict[str, int] = {}
+        self._released_below = 1  # every seq below this is acknowledged (sources number batches from 1)
+        self._released: set[int] = set()  # acknowledged seqs >= _released_below (out of order)
+        self.counted = 0
+        self.batches = 0
+        self.duplicate_batches = 0
+        self.skipped_ids = 0
+        self.nonconverged = 0
+        self.windows_closed = 0
+        self.alarm_count = 0
+        self.alarms: deque[Alarm] = deque(maxlen=config.keep_alarms)
+        self.streams: Counter[str] = Counter()
+
+    # -- ledger ---------------------------------------------------------------------------------------------------
+
+    def _seen(self, seq: int) -> bool:
+        return seq < self._released_below or seq in self._released or seq in self._open
+
+    def release(self, seqs: list[int] | tuple[int, ...]) -> None:
+        """The source acknowledged these batches: forget their ids."""
+        for seq in seqs:
+            ids = self._open.pop(seq, None)
+            if ids is None:
+                continue
+            for i in ids:
+                if self._open_ids.get(i) == seq:
+                    del self._open_ids[i]
+            self._released.add(seq)
+        while self._released_below in self._released:
+            self._released.discard(self._released_below)
+            self._released_below += 1
+        # the driver acknowledges in commit order, so gaps only come from batches never committed (a batch retried
+        # after the run was told to stop); jump over them rather than let the set grow
+        if len(self._released) > 4096:
+            self._released_below = min(self._released)
+            while self._released_below in self._released:
+                self._released.discard(self._released_below)
+                self._released_below += 1
+
+    def ledger_size(self) -> int:
+        return len(self._open_ids) + len(self._released) + len(self._open)
+
+    # -- commit ---------------------------------------------------------------------------------------------------
+
+    def commit(self, seq: int, partial: Partial, *, released: tuple[int, ...] = (), queue_depth: int | None = None,
+               read_at: float | None = None) -> CommitResult:
+        """Apply one batch's contribution unless this sequence number was already applied.
+
+        ``released``: sequence numbers the source has acknowledged since the last call; ``read_at``: wall time the
+        batch was read, for the batch latency histogram."""
+        latency_s = None if read_at is None else max(0.0, time.time() - read_at)
+        if released:
+            self.release(released)
+        if queue_depth is not None and self.metrics is not None:
+            self.metrics.set_queue_depth(queue_depth)
+        if self._seen(seq):
+            self.duplicate_batches += 1
+            return CommitResult(seq=seq, duplicate=True)
+        ids: list[str] = []
+        rows: list[int] = []
+        in_batch: set[str] = set()
+        for r, meta in enumerate(partial.items):
+            if meta.id in self._open_ids or meta.id in in_batch:
+                continue
+            in_batch.add(meta.id)
+            rows.append(r)
+        dead = []
+        for d in partial.dead_letters:
+            if d.item_id in self._open_ids or d.item_id in in_batch:
+                continue
+            in_batch.add(d.item_id)
+            dead.append(d)
+        skipped = len(partial.items) + len(partial.dead_letters) - len(rows) - len(dead)
+        ids = list(in_batch)
+        result = CommitResult(seq=seq, counted=len(rows), dead_letters=len(dead), skipped_ids=skipped)
+        if rows:
+            codes = partial.codes if len(rows) == len(partial.items) else partial.codes.take(rows)
+            items = partial.items if len(rows) == len(partial.items) else [partial.items[r] for r in rows]
+            result.alarms = self._apply(codes, items, latency_s)
+        if dead:
+            self.sink.write(dead)
+            if self.metrics is not None:
+                for (stream, reason), n in Counter((d.stream, d.reason) for d in dead).items():
+                    self.metrics.observe_dead_letter(stream, reason, n=n)
+        result.windows_closed = self._drain_windows()
+        self._open[seq] = ids
+        for i in ids:
+            self._open_ids[i] = seq
+        self.counted += len(rows)
+        self.batches += 1
+        self.skipped_ids += skipped
+        self._note_alarms(result.alarms)
+        return result
+
+    def _apply(self, codes: SparseCodes, items: list[ItemMeta], latency_s: float | None) -> list[Alarm]:
+        alarms = list(self.monitor.update(codes, items) or [])
+        for stream, n in Counter(m.stream for m in items).items():
+            self.streams[stream] += n
+        if self.metrics is not None:
+            by_stream: dict[str, list[int]] = {}
+            for r, m in enumerate(items):
+                by_stream.setdefault(m.stream, []).append(r)
+            for stream, rows in by_stream.items():
+                part = codes if len(by_stream) == 1 else codes.take(rows)
+                self.metrics.observe_batch(stream, part, latency_s=latency_s)
+                if part.converged is not None:
+                    n_bad = int((~np.asarray(part.converged, dtype=bool)).sum())
+                    if n_bad:
+                        self.metrics.observe_nonconverged(stream, n_bad)
+        if codes.converged is not None:
+            self.nonconverged += int((~np.asarray(codes.converged, dtype=bool)).sum())
+        if self.history is not None and self.config.write_codes:
+            self.history.write_codes(codes, items)
+        return alarms
+
+    def _drain_windows(self) -> int:
+        windows = _pop_closed_windows(self.monitor)
+        if not windows:
+            return 0
+        if self.history is not None:
+            self.history.write_windows(windows)
+        if self.metrics is not None:
+            for w in windows:
+                self._observe_window(w)
+        self.windows_closed += len(windows)
+        return len(windows)
+
+    def _observe_window(self, window: WindowSummary) -> None:
+        status = _status(self.monitor, window.stream)
+        current = status.get("current") or window  # the tested view (several windows when view > 1)
+        self.metrics.observe_window(window.stream, current, status.get("reference"),
+              concept_scores=status.get("concept_scores"), drift_score=status.get("drift_score"),
+              alarms=status.get("alarms"))
+        if status.get("reference_time") is not None:
+            self.metrics.set_reference_time(window.stream, status["reference_time"])
+
+    def _note_alarms(self, alarms: list[Alarm]) -> None:
+        if not alarms:
+            return
+        self.alarm_count += len(alarms)
+        self.alarms.extend(alarms)
+        if self.history is not None:
+            self.history.write_alarms(list(alarms))
+
+    # -- end of run -----------------------------------------------------------------------------------------------
+
+    def flush(self) -> list[Alarm]:
+        """Close every open window (end of a finite source or shutdown) and return the alarms that fired."""
+        alarms = list(self.monitor.flush() or [])
+        self._drain_windows()
+        self._note_alarms(alarms)
+        self.sink.flush()
+        return alarms
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "images": self.counted,
+            "batches": self.batches,
+            "duplicate_batches": self.duplicate_batches,
+            "skipped_duplicate_items": self.skipped_ids,
+            "dead_letters": dict(self.sink.counts),
+            "dead_letters_total": self.sink.total,
+            "alarms": self.alarm_count,
+            "windows_closed": self.windows_closed,
+            "nonconverged": self.nonconverged,
+            "streams": dict(self.streams),
+            "ledger_size": self.ledger_size(),
+        }
+
+    # -- resumable batch jobs (backfill) ----------------------------------------------------------------------------
+
+    def load_checkpoint(self, job_id: str, restart: bool = False) -> dict[str, Any] | None:
+        """Restore the monitor and counters saved for ``job_id``; returns the checkpoint (None: start afresh)."""
+        if self.history is None:
+            raise ValueError("checkpoints need a history store (--history)")
+        if restart:
+            self.history.clear_checkpoint(job_id)
+            return None
+        cp = self.history.get_checkpoint(job_id)
+        if cp is None:
+            return None
+        if cp.get("monitor_state"):
+            from monitor.streams import ConceptMonitor
+
+            self.monitor = ConceptMonitor.load(self._checkpoint_dir() / cp["monitor_state"])
+        self.counted = int(cp.get("images", 0))
+        self.sink.counts.update({k: int(v) for k, v in (cp.get("dead_letters") or {}).items()})
+        self.windows_closed = int(cp.get("windows_closed", 0))
+        self.alarm_count = int(cp.get("alarms", 0))
+        return cp
+
+    def save_checkpoint(self, job_id: str, position: dict | None, done: bool = False) -> None:
+        """Save the monitor state and the source position it corresponds to, as one checkpoint.
+
+        The driver calls this only when no batch is in flight, so the state holds exactly the items before
+        ``position``. The state file is written first under a fresh name; the checkpoint record that names it is
+        replaced atomically; the previous state file is removed last, so a crash at any point leaves a consistent
+        (state, position) pair."""
+        import os
+        import uuid
+
+        if self.history is None:
+            raise ValueError("checkpoints need a history store (--history)")
+        self.sink.flush()
+        directory = self._checkpoint_dir()
+        directory.mkdir(parents=True, exist_ok=True)
+        old = (self.history.get_checkpoint(job_id) or {}).get("monitor_state")
+        name = f"{job_id}.monitor-{uuid.uuid4().hex[:12]}.npz"
+        tmp = directory / f".{name}.tmp"
+        self.monitor.save(tmp)
+        os.replace(tmp, directory / name)
+        self.history.set_checkpoint(job_id, {
+            "source": position, "monitor_state": name, "images": self.counted,
+            "dead_letters": dict(self.sink.counts), "windows_closed": self.windows_closed,
+            "alarms": self.alarm_count, "done": bool(done), "saved_at": time.time()})
+        if old and old != name:
+            (directory / old).unlink(missing_ok=True)
+
+    def _checkpoint_dir(self):
+        from pathlib import Path
+
+        return Path(self.config.history) / "checkpoints"
+
+    def recent_alarms(self, n: int = 50) -> list[Alarm]:
+        return list(self.alarms)[-n:]
+
+    def recent_dead_letters(self) -> list[DeadLetter]:
+        return list(self.sink.recent)
+
+    def metrics_address(self) -> tuple[str, int] | None:
+        if self.exporter is None:
+            return None
+        return _exporter_address(self.exporter, self.config.metrics_port)
+
+    def pid(self) -> int:
+        return os.getpid()
+
+    def close(self) -> None:
+        self.sink.close()
+        if self.exporter is not None:
+            _stop_exporter(self.exporter)
+            self.exporter = None
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Wiring to the core parts (statistics/monitor, metrics/exporter, history). Kept in one place so a change in one of
+# those contracts is a change here only.
+
+
+def monitor_config(options: dict[str, Any], concept_space: str = ""):
+    """``MonitorConfig`` from plain options ({"window": {...}, "reference": {...}, "drift": {...}}); bad keys or
+    values are a ConfigError naming them."""
+    from monitor.errors import ConfigError
+    from monitor.streams import MonitorConfig
+
+    try:
+        return MonitorConfig.from_dict({**options, "concept_space": concept_space})
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"monitor options: {exc}") from None
+
+
+def _make_monitor(concept_names: list[str], concept_space: str, options: dict[str, Any]):
+    from monitor.streams import ConceptMonitor
+
+    return ConceptMonitor(concept_names, monitor_config(options, concept_space))
+
+
+def _pop_closed_windows(monitor) -> list[WindowSummary]:
+    return monitor.closed_windows()
+
+
+def _status(monitor, stream: str) -> dict[str, Any]:
+    st = monitor.status(stream)
+    return {
+        "current": st.current,
+        "reference": st.reference,
+        "concept_scores": st.concept_scores,
+        "drift_score": st.stream_score,
+        "alarms": st.active_alarms,
+        "reference_time": None if st.reference is None else st.reference.end,
+    }
+
+
+def _make_metrics(concept_names: list[str], port: int, host: str):
+    """MonitorMetrics on a private registry, served over HTTP by the exporter (port 0 picks a free port)."""
+    from prometheus_client import CollectorRegistry
+
+    from monitor.exporter import MetricsExporter
+    from monitor.metrics import MonitorMetrics
+
+    registry = CollectorRegistry()
+    metrics = MonitorMetrics(concept_names, registry=registry)
+    exporter = MetricsExporter(registry, host=host, port=int(port))
+    return metrics, exporter
+
+
+def _exporter_address(exporter, port) -> tuple[str, int]:
+    import socket
+
+    host = exporter.host
+    if host in ("0.0.0.0", "::", ""):  # bound on every interface: report this node's address
+        try:
+            host = socket.gethostbyname(socket.gethostname())
+        except OSError:
+            host = "127.0.0.1"
+    return host, int(exporter.port)
+
+
+def _stop_exporter(exporter) -> None:
+    exporter.close()
+
+
+def _make_history(root: str, concept_names: list[str], concept_space: str):
+    from monitor.history import HistoryStore
+
+    return HistoryStore(root, concept_space=concept_space, concept_names=concept_names)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Ray actor classes
+
+
+def worker_actor_class(*, num_cpus: float = 1.0, num_gpus: float = 0.0, max_restarts: int = -1,
+                       max_task_retries: int = 0):
+    """The Worker actor class with its resource request. Task retries default to 0: the driver resubmits a failed
+    batch itself (possibly to another worker), which keeps the retry accounting in one place."""
+    import ray
+
+    return ray.remote(num_cpus=num_cpus, num_gpus=num_gpus, max_restarts=max_restarts,
+                      max_task_retries=max_task_retries)(WorkerHost)
+
+
+def aggregator_actor_class(*, max_restarts: int = 0):
+    """The Aggregator actor class. It takes no CPU from the scheduler's count so it can sit beside N workers on an
+    N-CPU node; it is not restarted by default because its windows live in memory (see docs/pipeline.md)."""
+    import ray
+
+    return ray.remote(num_cpus=0, max_restarts=max_restarts)(AggregatorCore)
