@@ -96,6 +96,7 @@ class AggregatorCore:
         if config.metrics_port is not None:
             self.metrics, self.exporter = _make_metrics(self.concept_names, config.metrics_port, config.metrics_host)
         self.history = None
+        self._window_day: dict[str, int] = {}  # latest UTC day written per stream (triggers compaction)
         if config.history:
             self.history = _make_history(config.history, self.concept_names, concept_space)
         self.sink = open_sink(config.dead_letter)
@@ -222,11 +223,23 @@ class AggregatorCore:
             return 0
         if self.history is not None:
             self.history.write_windows(windows)
+            self._compact_finished_days(windows)
         if self.metrics is not None:
             for w in windows:
                 self._observe_window(w)
         self.windows_closed += len(windows)
         return len(windows)
+
+    def _compact_finished_days(self, windows: list[WindowSummary]) -> None:
+        # A live store gets one small file per window; once a stream's windows move into a new UTC day, compact the
+        # stream so the finished days get their rollups and long-range comparisons stay fast.
+        days = self._window_day
+        for stream in sorted({w.stream for w in windows}):
+            day = max(int(w.start // 86400) for w in windows if w.stream == stream)
+            previous = days.get(stream)
+            days[stream] = day if previous is None else max(previous, day)
+            if previous is not None and day > previous:
+                self.history.compact(stream=stream)
 
     def _observe_window(self, window: WindowSummary) -> None:
         status = _status(self.monitor, window.stream)
@@ -438,4 +451,7 @@ def aggregator_actor_class(*, max_restarts: int = 0):
     N-CPU node; it is not restarted by default because its windows live in memory (see docs/pipeline.md)."""
     import ray
 
-    return ray.remote(num_cpus=0, max_restarts=max_restarts)(AggregatorCore)
+    # Pinned to the head node: on Kubernetes the chart puts the metrics Service, the monitors and the history volume
+    # on the Ray head (whose num-cpus is 0, so workers never land there); a local Ray has one node, the head.
+    return ray.remote(num_cpus=0, max_restarts=max_restarts,
+                      resources={"node:__internal_head__": 0.001})(AggregatorCore)

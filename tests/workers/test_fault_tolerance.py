@@ -101,3 +101,26 @@ def test_worker_process_killed_by_sigkill_mid_batch_parquet_rows_counted_once(ra
     _, items = HistoryStore.open(tmp_path / "h").read_codes()
     assert sorted(it.id for it in items) == sorted(ids)
     assert sum(w.n_images for w in HistoryStore.open(tmp_path / "h").read_windows()) == 400
+
+
+def test_aggregator_compacts_a_stream_once_its_windows_reach_a_new_utc_day(tmp_path):
+    # time windows of one hour; 3 batches on day 0 (3 window files), then one on day 1 closes the day-0 windows
+    monitor = {"window": {"kind": "time", "size": 3600.0}, "reference": {"mode": "fixed", "n_images": 10}}
+    agg = AggregatorCore(AggregatorConfig(monitor=monitor, history=str(tmp_path / "h")), NAMES, "space")
+
+    def batch(seq, t0):
+        part = _partial([f"{seq}-{k}" for k in range(10)], seed=seq)
+        items = [ItemMeta(id=m.id, timestamp=t0 + k) for k, m in enumerate(part.items)]
+        return Partial(codes=part.codes, items=items, dead_letters=[])
+
+    day0 = 86400.0 * 20000
+    for seq, hour in enumerate([0, 1, 2, 3], start=1):
+        agg.commit(seq, batch(seq, day0 + 3600 * hour))
+    before = HistoryStore.open(tmp_path / "h").describe()["streams"]["default"]
+    assert before["windows"] == 3 and before["windows_files"] >= 3
+    agg.commit(5, batch(5, day0 + 86400 + 60))  # into the next UTC day: closes the last day-0 window
+    agg.commit(6, batch(6, day0 + 86400 + 7200))  # closes the first day-1 window, which triggers compaction
+    after = HistoryStore.open(tmp_path / "h").describe()["streams"]["default"]
+    assert after["windows"] == 5  # nothing lost by compaction
+    assert after["images"] == 50
+    assert after["windows_files"] < 5  # the four day-0 window files were merged
