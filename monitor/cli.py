@@ -33,14 +33,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser.add_argument("--version", action="version", version=f"splice-monitor {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for name, module_name in COMMANDS.items():
-        try:
-            module = importlib.import_module(module_name)
-        except ModuleNotFoundError as exc:
-            if exc.name is not None and module_name.startswith(exc.name):
-                continue  # subcommand not present in this build
-            raise
-        module.register(sub)
+    for module_name in COMMANDS.values():
+        importlib.import_module(module_name).register(sub)
     return parser
 
 

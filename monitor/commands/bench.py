@@ -22,12 +22,7 @@ def register(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     parser = sub.add_parser("bench", help="run a benchmark and print its figures")
     targets = parser.add_subparsers(dest="target", metavar="WHAT", required=True)
     for name, module_name in TARGETS.items():
-        try:
-            module = importlib.import_module(module_name)
-        except ModuleNotFoundError as exc:
-            if exc.name is not None and module_name.startswith(exc.name):
-                continue
-            raise
+        module = importlib.import_module(module_name)
         p = targets.add_parser(name, help=(module.__doc__ or "").strip().splitlines()[0] if module.__doc__ else None)
         p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
         module.add_arguments(p)

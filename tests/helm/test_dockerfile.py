@@ -107,6 +107,30 @@ def test_build_stage_installs_the_package_with_the_pinned_torch(stages):
     assert torch_pin in SpecifierSet(torch_spec.removeprefix("torch").strip()), (torch_pin, torch_spec)
 
 
+def _arg(name: str) -> str:
+    match = re.search(rf"^ARG {name}=(\S+)", DOCKERFILE.read_text(), re.M)
+    assert match, f"the Dockerfile declares no ARG {name}"
+    return match.group(1)
+
+
+def test_cuda_base_matches_the_cuda_build_of_torch(stages):
+    # a base older than the wheel's CUDA passes the image's driver check on nodes whose driver torch then rejects
+    torch_cuda = _arg("TORCH_CUDA")
+    base_tag = stages[0]["image"].split(":", 1)[1]
+    assert base_tag.startswith(torch_cuda + "."), (base_tag, torch_cuda)
+    assert all(s["image"] == stages[0]["image"] for s in stages)
+
+
+def test_image_pins_the_ray_release_the_chart_names(stages):
+    import yaml
+
+    ray_version = _arg("RAY_VERSION")
+    runs = " ".join(rest for s in stages[:-1] for instr, rest in s["steps"] if instr == "RUN")
+    assert '"ray[default]==${RAY_VERSION}"' in runs, "the build installs an unpinned ray"
+    values = yaml.safe_load((REPO / "helm" / "splice-monitor" / "values.yaml").read_text())
+    assert values["ray"]["version"] == ray_version
+
+
 def test_dockerignore_keeps_the_context_small(stages):
     ignored = {line.strip() for line in (REPO / ".dockerignore").read_text().splitlines()}
     assert {".git", "tests"} <= ignored
