@@ -11,10 +11,13 @@ Layout on disk (see docs/history.md)::
     ROOT/codes/stream=S/date=D/B.parquet              one row per image: id, time, metadata, concept lists
     ROOT/checkpoints/JOB.json                         resumable-job progress (backfill)
 
-Every file is written under a dot-prefixed temporary name and renamed into place, so a reader never sees a half
-file; a window batch is committed by its ``windows`` file, written after its ``window_concepts`` file, so a crash
-between the two leaves an orphan that readers skip and ``compact()`` removes. Rewriting a window (same stream and
-start) replaces it: the batch written last wins, which makes resumed backfills idempotent.
+ROOT is a local directory or an object-store prefix (``s3://bucket/prefix``, ``gs://...``, ``file:///abs``); every
+file operation goes through :class:`StoreFS` (a pyarrow filesystem plus the root). On a local disk every file is
+written under a dot-prefixed temporary name and renamed into place; on an object store it is uploaded as one object,
+which becomes visible only when complete. Either way a reader never sees a half file; a window batch is committed by
+its ``windows`` file, written after its ``window_concepts`` file, so a crash between the two leaves an orphan that
+readers skip and ``compact()`` removes. Rewriting a window (same stream and start) replaces it: the batch written
+last wins, which makes resumed backfills idempotent.
 
 >>> import tempfile, numpy as np
 >>> from monitor.records import WindowSummary
@@ -35,20 +38,20 @@ import json
 import math
 import os
 import re
-import shutil
 import threading
 import time
 import uuid
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePath, PurePosixPath
 from typing import Any
-from urllib.parse import quote, unquote
+from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
+import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from monitor.errors import ConfigError
@@ -56,7 +59,9 @@ from monitor.records import Alarm, ItemMeta, SparseCodes, WindowSummary
 
 __all__ = [
     "SCHEMA_VERSION",
+    "URI_SCHEMES",
     "HistoryStore",
+    "StoreFS",
     "NoDataError",
     "WindowData",
     "parse_time",
@@ -214,7 +219,9 @@ def _new_batch_id() -> str:
     return f"{now:020d}-{uuid.uuid4().hex[:10]}"
 
 
-def _fsync_dir(path: Path) -> None:
+def _fsync_path(path: PurePath, *, directory: bool = False) -> None:
+    """Local durability only: pyarrow's local output streams do not fsync, and a rename is durable only once the
+    directory entry is."""
     try:
         fd = os.open(path, os.O_RDONLY)
     except OSError:  # pragma: no cover - platforms without directory fds
@@ -222,33 +229,207 @@ def _fsync_dir(path: Path) -> None:
     try:
         os.fsync(fd)
     except OSError:  # pragma: no cover
-        pass
+        if not directory:
+            raise
     finally:
         os.close(fd)
 
 
-def _temp_path(final: Path) -> Path:
+def _temp_path(final: PurePath) -> PurePath:
     return final.with_name(f".{final.name}.tmp-{uuid.uuid4().hex[:8]}")
 
 
+_LOCAL_FS = pafs.LocalFileSystem()
+
+
 def _commit(temp: Path, final: Path) -> None:
-    """The single point where a finished temporary file becomes visible to readers."""
-    os.replace(temp, final)
+    """The single point where a finished local temporary file becomes visible to readers: rename(2), which
+    replaces ``final`` atomically (os.replace semantics). Object stores never get here: they write the final key."""
+    _LOCAL_FS.move(str(temp), str(final))
 
 
-def _atomic_write_bytes(final: Path, data: bytes) -> None:
-    final.parent.mkdir(parents=True, exist_ok=True)
-    temp = _temp_path(final)
-    try:
-        with open(temp, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        _commit(temp, final)
-    except BaseException:
-        temp.unlink(missing_ok=True)
-        raise
-    _fsync_dir(final.parent)
+# Schemes a history root may use, and what each needs (quoted in errors).
+URI_SCHEMES = {
+    "file": "file:///absolute/path (local disk, same as a plain path)",
+    "s3": "s3://bucket/prefix (AWS or S3-compatible; credentials from AWS_* variables or the instance role)",
+    "gs": "gs://bucket/prefix (Google Cloud Storage; application-default credentials)",
+    "gcs": "gcs://bucket/prefix (same as gs://)",
+    "abfs": "abfs://container@account.dfs.core.windows.net/prefix (Azure; AZURE_* credentials)",
+    "abfss": "abfss://container@account.dfs.core.windows.net/prefix (same as abfs://)",
+}
+# What to check when a store cannot be reached, by scheme ("" = local path).
+_ACCESS_HINTS = {
+    "": "check that the directory is readable and writable",
+    "file": "check that the directory is readable and writable",
+    "s3": "check the credentials (AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or the pod's role), AWS_ENDPOINT_URL, "
+          "AWS_REGION and the network",
+    "gs": "check the credentials (GOOGLE_APPLICATION_CREDENTIALS or workload identity) and the network",
+    "abfs": "check the credentials (AZURE_* variables or the managed identity) and the network",
+}
+_ACCESS_HINTS["gcs"] = _ACCESS_HINTS["gs"]
+_ACCESS_HINTS["abfss"] = _ACCESS_HINTS["abfs"]
+# "s3:", "gs:", "C:": anything that starts like a URI scheme is treated as one, never as a local folder name.
+_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.\-]*):")
+
+
+def _redact(uri: str) -> str:
+    """A URI fit for messages: no user:secret@ part."""
+    parts = urlsplit(uri)
+    if "@" not in parts.netloc or parts.scheme in ("abfs", "abfss"):  # abfs's user part is the container name
+        return uri
+    return urlunsplit(parts._replace(netloc="***@" + parts.netloc.rsplit("@", 1)[1]))
+
+
+def _short(exc: BaseException, limit: int = 300) -> str:
+    text = " ".join(str(exc).split())
+    return text if len(text) <= limit else text[:limit] + " ..."
+
+
+class StoreFS:
+    """Where a history store lives: a pyarrow filesystem, the root's path inside it, and how files are committed.
+
+    Every file operation of :class:`HistoryStore` goes through here, so a local directory and an object-store
+    prefix share one code path. ``commit`` is the atomicity rule: ``"rename"`` writes a dot-prefixed temporary,
+    fsyncs it and renames it over the final name (local disks: rename(2) is atomic); ``"put"`` writes the final key
+    in one upload (object stores: an object becomes visible only once its upload completes, and their "rename" is a
+    non-atomic copy + delete). Paths are ``pathlib.Path`` on a local disk and ``PurePosixPath`` ("bucket/prefix/...")
+    elsewhere, so nothing but this class ever touches them.
+    """
+
+    def __init__(self, fs: pafs.FileSystem, base: str, *, uri: str, commit: str | None = None) -> None:
+        self.fs = fs
+        self.local = isinstance(fs, pafs.LocalFileSystem)
+        if commit is None:
+            commit = "rename" if self.local else "put"
+        if commit not in ("rename", "put"):
+            raise ConfigError(f"commit must be 'rename' or 'put', got {commit!r}")
+        if commit == "rename" and not self.local:
+            raise ConfigError(f"history store {uri!r}: commit='rename' needs a local filesystem (an object store's "
+                              f"rename is a copy + delete, not atomic); use commit='put'")
+        self.commit = commit
+        self.uri = uri
+        match = _SCHEME.match(uri)
+        self.scheme = match.group(1).lower() if match else ""
+        self.base: PurePath = Path(base) if self.local else PurePosixPath(base.rstrip("/"))
+
+    @classmethod
+    def from_root(cls, root: "str | os.PathLike[str] | StoreFS", *, commit: str | None = None) -> "StoreFS":
+        """A local path (str or Path) or a URI with one of :data:`URI_SCHEMES`; anything else is a ConfigError."""
+        if isinstance(root, StoreFS):
+            return root if commit is None else cls(root.fs, str(root.base), uri=root.uri, commit=commit)
+        text = os.fspath(root)
+        if not isinstance(text, str):
+            raise ConfigError(f"history root must be a path or URI string, got {root!r}")
+        match = _SCHEME.match(text)
+        if match is None:
+            if not text:
+                raise ConfigError("history root is empty: give a directory or a URI such as s3://bucket/prefix")
+            return cls(_LOCAL_FS, os.path.abspath(text), uri=text, commit=commit)
+        scheme = match.group(1).lower()
+        shown = _redact(text)
+        allowed = ", ".join(v.split(" ", 1)[0] for v in URI_SCHEMES.values())
+        if scheme not in URI_SCHEMES:
+            local_hint = "" if "://" in text else f" (a local folder whose name contains ':' is written ./{text})"
+            raise ConfigError(
+                f"history root {shown!r}: unknown scheme {scheme + ':'!r}; use a local directory or one of: "
+                f"{allowed}{local_hint}"
+            )
+        if scheme != "file" and not text[match.end():].startswith("//"):
+            # "s3:/bucket" is what pathlib makes of "s3://bucket": refuse rather than guess
+            raise ConfigError(
+                f"history root {shown!r} is not a valid {scheme}:// URI (need {URI_SCHEMES[scheme]}); a path "
+                f"object collapses '//', so pass URIs as strings"
+            )
+        try:
+            fs, base = pafs.FileSystem.from_uri(text)
+        except (pa.ArrowException, OSError, ValueError) as exc:
+            raise ConfigError(
+                f"history root {shown!r}: pyarrow cannot open it here ({_short(exc)}); expected {URI_SCHEMES[scheme]}"
+            ) from None
+        if not base.strip("/"):
+            raise ConfigError(f"history root {shown!r} names no bucket or path; expected {URI_SCHEMES[scheme]}")
+        return cls(fs, base, uri=shown, commit=commit)
+
+    # paths
+    def join(self, *parts: str) -> PurePath:
+        return self.base.joinpath(*parts)
+
+    # queries
+    def kind(self, path: PurePath) -> pafs.FileType:
+        return self.fs.get_file_info(str(path)).type
+
+    def exists(self, path: PurePath) -> bool:
+        return self.kind(path) != pafs.FileType.NotFound
+
+    def is_dir(self, path: PurePath) -> bool:
+        return self.kind(path) == pafs.FileType.Directory
+
+    def list(self, directory: PurePath) -> list[pafs.FileInfo]:
+        """Entries directly under ``directory`` (none when it does not exist)."""
+        return self.fs.get_file_info(pafs.FileSelector(str(directory), allow_not_found=True))
+
+    def sizes(self, paths: Sequence[PurePath]) -> list[int]:
+        return [i.size or 0 for i in self.fs.get_file_info([str(p) for p in paths])] if paths else []
+
+    # reads
+    def read_bytes(self, path: PurePath) -> bytes:
+        with self.fs.open_input_stream(str(path)) as fh:
+            return fh.read()
+
+    def open_input(self, path: PurePath) -> pa.NativeFile:
+        return self.fs.open_input_file(str(path))
+
+    # writes
+    def makedirs(self, directory: PurePath) -> None:
+        if self.local:  # object stores have no directories: a key's prefix exists once the key does
+            self.fs.create_dir(str(directory), recursive=True)
+
+    def write_bytes(self, final: PurePath, data: bytes | pa.Buffer, *, fresh: bool = False) -> None:
+        """Make ``final`` hold exactly ``data``, atomically for readers (the rule of ``self.commit``). ``fresh``
+        says no earlier version of ``final`` exists (a new batch id), so a failed upload may delete it."""
+        self.makedirs(final.parent)
+        if self.commit == "put":
+            # The whole payload goes in one write: below the multipart threshold (5 MiB) pyarrow sends it as a single
+            # PUT at close, which stores all of it or nothing.
+            out = self.fs.open_output_stream(str(final))
+            try:
+                out.write(data)
+                out.close()  # the upload completes, and the object appears, only here
+            except BaseException:
+                # pyarrow streams have no abort and close from their destructor: a large (multipart) upload that
+                # failed part-way could still complete with what was sent, so a fresh name is removed again
+                del out
+                if fresh:
+                    try:
+                        self.delete_file(final, missing_ok=True)
+                    except OSError:
+                        pass
+                raise
+            return
+        temp = _temp_path(final)
+        try:
+            with self.fs.open_output_stream(str(temp)) as out:
+                out.write(data)
+            _fsync_path(temp)
+            _commit(temp, final)
+        except BaseException:
+            self.delete_file(temp, missing_ok=True)
+            raise
+        _fsync_path(final.parent, directory=True)
+
+    def delete_file(self, path: PurePath, *, missing_ok: bool = False) -> None:
+        try:
+            self.fs.delete_file(str(path))
+        except FileNotFoundError:
+            if not missing_ok:
+                raise
+
+    def delete_dir(self, path: PurePath, *, missing_ok: bool = False) -> None:
+        try:
+            self.fs.delete_dir(str(path))
+        except FileNotFoundError:
+            if not missing_ok:
+                raise
 
 
 def _is_visible(name: str) -> bool:
@@ -281,37 +462,46 @@ class WindowData:
 
 
 class HistoryStore:
-    """A directory of Parquet history for one concept space.
+    """Parquet history for one concept space, in a local directory or under an object-store prefix.
 
     ``HistoryStore(root, concept_space=..., concept_names=[...])`` creates the store or opens it after checking the
     stored concept space and names match (a ConfigError names both otherwise). ``HistoryStore(root)`` opens an
-    existing store read-write with whatever space it holds. One writer process per store at a time; readers may run
-    concurrently with it.
+    existing store read-write with whatever space it holds. ``root`` is a local path, a URI with one of
+    :data:`URI_SCHEMES` (``s3://bucket/prefix``, ``gs://...``, ``file:///abs/path``) or a :class:`StoreFS`; an
+    unknown scheme, or one pyarrow cannot open here, is a ConfigError, never a local folder. One writer process per
+    store at a time; readers may run concurrently with it.
     """
 
     def __init__(
         self,
-        root: str | Path,
+        root: str | Path | StoreFS,
         *,
         concept_space: str | None = None,
         concept_names: Sequence[str] | None = None,
         codes_retention_days: float | None = None,
         create: bool = True,
     ) -> None:
-        self.root = Path(root)
         if codes_retention_days is not None and not (codes_retention_days > 0):
             raise ConfigError(f"codes_retention_days must be > 0 or None, got {codes_retention_days!r}")
+        self._fs = StoreFS.from_root(root)
+        # a Path for local stores (as before), the URI (credentials redacted) for object stores
+        self.root: Path | str = self._fs.base if self._fs.local else self._fs.uri
         self.codes_retention_days = codes_retention_days
-        meta_path = self.root / "store.json"
-        if meta_path.exists():
+        meta_path = self._fs.join("store.json")
+        try:
+            found = self._fs.exists(meta_path)
+        except OSError as exc:  # the first request: bad credentials, endpoint or network show up here
+            hint = _ACCESS_HINTS.get(self._fs.scheme, "check the credentials, the endpoint and the network")
+            raise ConfigError(f"history store {self.location!r}: cannot read it ({_short(exc)}); {hint}") from None
+        if found:
             meta = self._load_meta(meta_path)
             self._check_compatible(meta, concept_space, concept_names)
         else:
             if not create:
-                raise ConfigError(f"no history store at {str(self.root)!r} (missing store.json)")
+                raise ConfigError(f"no history store at {self.location!r} (missing store.json)")
             if concept_space is None or concept_names is None:
                 raise ConfigError(
-                    f"no history store at {str(self.root)!r}: to create one pass concept_space and concept_names"
+                    f"no history store at {self.location!r}: to create one pass concept_space and concept_names"
                 )
             meta = self._create(meta_path, concept_space, list(concept_names))
         self.schema_version: int = meta["schema_version"]
@@ -321,9 +511,19 @@ class HistoryStore:
 
     # ------------------------------------------------------------------ identity
     @classmethod
-    def open(cls, root: str | Path) -> "HistoryStore":
+    def open(cls, root: str | Path | StoreFS) -> "HistoryStore":
         """Open an existing store (no creation)."""
         return cls(root, create=False)
+
+    @property
+    def location(self) -> str:
+        """The root as a user would write it: a local path or the URI (credentials redacted)."""
+        return str(self.root)
+
+    @property
+    def filesystem(self) -> StoreFS:
+        """The store's filesystem and root (for code that must read or write next to the store's files)."""
+        return self._fs
 
     @staticmethod
     def _names_digest(names: Sequence[str]) -> str:
@@ -333,7 +533,7 @@ class HistoryStore:
             h.update(b"\n")
         return h.hexdigest()
 
-    def _create(self, meta_path: Path, concept_space: str, names: list[str]) -> dict[str, Any]:
+    def _create(self, meta_path: PurePath, concept_space: str, names: list[str]) -> dict[str, Any]:
         if not isinstance(concept_space, str) or not concept_space:
             raise ConfigError(f"concept_space must be a non-empty string, got {concept_space!r}")
         if not names:
@@ -350,21 +550,27 @@ class HistoryStore:
             "created": time.time(),
             "concept_names": names,
         }
-        self.root.mkdir(parents=True, exist_ok=True)
-        _atomic_write_bytes(meta_path, json.dumps(meta).encode("utf-8"))
+        try:
+            self._fs.makedirs(self._fs.base)
+            self._fs.write_bytes(meta_path, json.dumps(meta).encode("utf-8"))
+        except OSError as exc:
+            raise ConfigError(f"history store {self.location!r}: cannot create it ({_short(exc)})") from None
         return meta
 
-    def _load_meta(self, meta_path: Path) -> dict[str, Any]:
+    def _load_meta(self, meta_path: PurePath) -> dict[str, Any]:
         try:
-            meta = json.loads(meta_path.read_text("utf-8"))
-        except (OSError, json.JSONDecodeError) as exc:
-            raise ConfigError(f"history store {str(self.root)!r}: unreadable store.json ({exc})") from None
+            meta = json.loads(self._fs.read_bytes(meta_path).decode("utf-8"))
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"history store {self.location!r}: unreadable store.json ({_short(exc)})") from None
         if meta.get("format") != FORMAT_NAME:
-            raise ConfigError(f"{str(meta_path)!r} is not a splice-monitor history store (format={meta.get('format')!r})")
+            raise ConfigError(
+                f"{self.location.rstrip('/') + '/store.json'!r} is not a splice-monitor history store "
+                f"(format={meta.get('format')!r})"
+            )
         version = meta.get("schema_version")
         if not isinstance(version, int) or version > SCHEMA_VERSION or version < 1:
             raise ConfigError(
-                f"history store {str(self.root)!r} has schema_version={version!r}; this splice-monitor reads "
+                f"history store {self.location!r} has schema_version={version!r}; this splice-monitor reads "
                 f"versions 1..{SCHEMA_VERSION} (upgrade splice-monitor to read newer stores)"
             )
         return meta
@@ -375,7 +581,7 @@ class HistoryStore:
         stored = meta["concept_space"]
         if concept_space is not None and concept_space != stored:
             raise ConfigError(
-                f"history store {str(self.root)!r} holds concept space {stored!r} "
+                f"history store {self.location!r} holds concept space {stored!r} "
                 f"({meta['n_concepts']} concepts) but concept space {concept_space!r} was given; "
                 f"concept spaces never mix: use another store directory"
             )
@@ -387,7 +593,7 @@ class HistoryStore:
                     min(len(names), meta["n_concepts"]),
                 )
                 raise ConfigError(
-                    f"history store {str(self.root)!r} (concept space {stored!r}) has {meta['n_concepts']} concept "
+                    f"history store {self.location!r} (concept space {stored!r}) has {meta['n_concepts']} concept "
                     f"names; the given list has {len(names)} and differs first at index {first_diff}: the "
                     f"vocabulary changed, so use a new concept space name and another store directory"
                 )
@@ -423,67 +629,96 @@ class HistoryStore:
         """Raise ConfigError unless ``other`` indexes the same concepts (analysis never mixes spaces)."""
         if other.concept_space != self.concept_space or other.concept_names != self.concept_names:
             raise ConfigError(
-                f"cannot mix concept spaces: {str(self.root)!r} holds {self.concept_space!r} "
-                f"({self.n_concepts} concepts) and {str(other.root)!r} holds {other.concept_space!r} "
+                f"cannot mix concept spaces: {self.location!r} holds {self.concept_space!r} "
+                f"({self.n_concepts} concepts) and {other.location!r} holds {other.concept_space!r} "
                 f"({other.n_concepts} concepts)"
             )
 
     # ------------------------------------------------------------------ paths
-    def _partition_dir(self, table: str, stream: str, day: int) -> Path:
-        return self.root / table / f"stream={quote(stream, safe='')}" / f"date={_day_name(day)}"
+    def _partition_dir(self, table: str, stream: str, day: int) -> PurePath:
+        return self._fs.join(table, f"stream={quote(stream, safe='')}", f"date={_day_name(day)}")
 
     def _partitions(
         self, table: str, streams: Sequence[str] | None = None, start: float | None = None, end: float | None = None
-    ) -> list[tuple[str, int, Path]]:
+    ) -> list[tuple[str, int, PurePath]]:
         """(stream, day, dir) of every partition that may hold rows with time in [start, end)."""
-        base = self.root / table
-        if not base.is_dir():
-            return []
+        base = self._fs.join(table)
         wanted = None if streams is None else set(streams)
         lo = -(2**62) if start is None else int(math.floor(start / DAY))
         hi = 2**62 if end is None else int(math.ceil(end / DAY)) - 1
         out = []
-        for sdir in sorted(base.iterdir(), key=lambda p: p.name):
-            if not sdir.name.startswith("stream=") or not sdir.is_dir():
+        dirs = pafs.FileType.Directory
+        for sdir in sorted(self._fs.list(base), key=lambda i: i.base_name):
+            if not sdir.base_name.startswith("stream=") or sdir.type != dirs:
                 continue
-            stream = unquote(sdir.name[len("stream=") :])
+            stream = unquote(sdir.base_name[len("stream=") :])
             if wanted is not None and stream not in wanted:
                 continue
-            for ddir in sorted(sdir.iterdir(), key=lambda p: p.name):
-                if not ddir.name.startswith("date=") or not ddir.is_dir():
+            for ddir in sorted(self._fs.list(base / sdir.base_name), key=lambda i: i.base_name):
+                if not ddir.base_name.startswith("date=") or ddir.type != dirs:
                     continue
                 try:
-                    day = _day_from_name(ddir.name[len("date=") :])
+                    day = _day_from_name(ddir.base_name[len("date=") :])
                 except ValueError:
                     continue
                 if lo <= day <= hi:
-                    out.append((stream, day, ddir))
+                    out.append((stream, day, base / sdir.base_name / ddir.base_name))
         return out
 
-    @staticmethod
-    def _files(directory: Path) -> list[Path]:
-        try:
-            return sorted(directory / e.name for e in os.scandir(directory) if e.is_file() and _is_visible(e.name))
-        except FileNotFoundError:
-            return []
+    def _listing(
+        self, table: str, streams: Sequence[str] | None = None, start: float | None = None, end: float | None = None
+    ) -> list[tuple[str, int, list[PurePath]]]:
+        """(stream, day, committed files) of every non-empty partition that may hold rows with time in [start, end),
+        from one recursive listing per table (or per wanted stream): on an object store that is one paginated LIST
+        instead of one request per partition."""
+        base = self._fs.join(table)
+        if streams is None:
+            roots = [base]
+        else:
+            roots = [base / f"stream={quote(s, safe='')}" for s in sorted(set(streams))]
+        lo = -(2**62) if start is None else int(math.floor(start / DAY))
+        hi = 2**62 if end is None else int(math.ceil(end / DAY)) - 1
+        parts: dict[tuple[str, str], list[PurePath]] = {}
+        for root in roots:
+            selector = pafs.FileSelector(str(root), recursive=True, allow_not_found=True)
+            for info in self._fs.fs.get_file_info(selector):
+                if info.type != pafs.FileType.File:
+                    continue
+                sname, dname, fname = (info.path.rsplit("/", 3) + ["", "", ""])[1:4]
+                if not (sname.startswith("stream=") and dname.startswith("date=") and _is_visible(fname)):
+                    continue
+                parts.setdefault((sname, dname), []).append(base / sname / dname / fname)
+        out = []
+        for (sname, dname), files in sorted(parts.items()):
+            try:
+                day = _day_from_name(dname[len("date=") :])
+            except ValueError:
+                continue
+            if lo <= day <= hi:
+                out.append((unquote(sname[len("stream=") :]), day, sorted(files)))
+        return out
 
-    def _write_table(self, table_name: str, directory: Path, batch: str, table: pa.Table, **kwargs: Any) -> Path:
-        directory.mkdir(parents=True, exist_ok=True)
+    def _files(self, directory: PurePath) -> list[PurePath]:
+        """Committed Parquet files of a partition directory, sorted by name (= batch id = write time)."""
+        return sorted(
+            directory / i.base_name
+            for i in self._fs.list(directory)
+            if i.type == pafs.FileType.File and _is_visible(i.base_name)
+        )
+
+    def _write_table(
+        self, table_name: str, directory: PurePath, batch: str, table: pa.Table, **kwargs: Any
+    ) -> PurePath:
         final = directory / f"{batch}.parquet"
-        temp = _temp_path(final)
         meta = dict(table.schema.metadata or {})
         meta[_META_KEY_VERSION] = str(SCHEMA_VERSION).encode()
         meta[_META_KEY_SPACE] = self.concept_space.encode("utf-8")
         table = table.replace_schema_metadata(meta)
-        try:
-            pq.write_table(table, temp, compression="zstd", **kwargs)
-            with open(temp, "rb") as fh:
-                os.fsync(fh.fileno())
-            _commit(temp, final)
-        except BaseException:
-            temp.unlink(missing_ok=True)
-            raise
-        _fsync_dir(directory)
+        # Serialised in memory first: a failure while encoding never reaches the store, and an object store gets
+        # the file as one upload.
+        sink = pa.BufferOutputStream()
+        pq.write_table(table, sink, compression="zstd", **kwargs)
+        self._fs.write_bytes(final, sink.getvalue(), fresh=True)
         return final
 
     # ------------------------------------------------------------------ windows: write
@@ -491,7 +726,7 @@ class HistoryStore:
         if w.concept_space and w.concept_space != self.concept_space:
             raise ConfigError(
                 f"window of stream {w.stream!r} at {w.start} is in concept space {w.concept_space!r} but history "
-                f"store {str(self.root)!r} holds {self.concept_space!r}; concept spaces never mix"
+                f"store {self.location!r} holds {self.concept_space!r}; concept spaces never mix"
             )
         for name in ("weight_sum", "weight_sq_sum", "presence"):
             arr = np.asarray(getattr(w, name))
@@ -641,20 +876,15 @@ class HistoryStore:
 
     def _list_windows(
         self, streams: str | Sequence[str] | None, start: float | None, end: float | None
-    ) -> list[tuple[str, int, list[Path]]]:
+    ) -> list[tuple[str, int, list[PurePath]]]:
         """One snapshot of the committed windows files: (stream, day, header files) per partition."""
         if isinstance(streams, str):
             streams = [streams]
-        out = []
-        for stream, day, hdir in self._partitions("windows", streams, start, end):
-            files = self._files(hdir)
-            if files:
-                out.append((stream, day, files))
-        return out
+        return self._listing("windows", streams, start, end)
 
     def _iter_listing(
         self,
-        listing: list[tuple[str, int, list[Path]]],
+        listing: list[tuple[str, int, list[PurePath]]],
         start: float | None,
         end: float | None,
         concepts: Sequence[int] | np.ndarray | None,
@@ -670,14 +900,14 @@ class HistoryStore:
             header_schema = pa.schema([f for f in WINDOW_SCHEMA if f.name in keep])
         if not header_files:
             return header_schema.empty_table(), iter(())
-        concept_files: dict[str, list[Path]] = {}
+        concept_files: dict[str, list[PurePath]] = {}
         for stream, day, files in listing:
             if (stream, day) in skip:
                 continue
             cdir = self._partition_dir("window_concepts", stream, day)
             concept_files.setdefault(stream, []).extend(cdir / f.name for f in files)
         time_filter = _range_filter("start", start, end)
-        header = _read_many(header_files, header_schema)
+        header = _read_many(self._fs, header_files, header_schema)
         header = header.filter(_range_mask(header["start"].to_numpy(), start, end))
         header, losers = _dedupe_windows(header)
         if not with_concepts or header.num_rows == 0:
@@ -696,7 +926,7 @@ class HistoryStore:
                 wanted = np.unique(np.asarray(concepts, dtype=np.int64))
                 for stream, files in concept_files.items():
                     clean = [f for f in files if (stream, f.name[: -len(".parquet")]) not in losers]
-                    table = _read_many(clean, CONCEPT_SCHEMA, concepts=wanted, start=start, end=end)
+                    table = _read_many(self._fs, clean, CONCEPT_SCHEMA, concepts=wanted, start=start, end=end)
                     for b in table.select(cols).to_batches():
                         yield stream, b
                 yield from _loser_batches()
@@ -704,7 +934,7 @@ class HistoryStore:
             for stream, files in concept_files.items():
                 clean = [f for f in files if (stream, f.name[: -len(".parquet")]) not in losers]
                 if clean:
-                    dataset = ds.dataset(clean, schema=CONCEPT_SCHEMA, format="parquet")
+                    dataset = self._dataset(clean, CONCEPT_SCHEMA)
                     for b in dataset.to_batches(columns=cols, filter=cfilter):
                         yield stream, b
             yield from _loser_batches()
@@ -715,7 +945,7 @@ class HistoryStore:
                 f = next((f for f in concept_files.get(stream, []) if f.name == f"{batch_id}.parquet"), None)
                 if f is None:
                     continue
-                dataset = ds.dataset([f], schema=CONCEPT_SCHEMA, format="parquet")
+                dataset = self._dataset([f], CONCEPT_SCHEMA)
                 for b in dataset.to_batches(columns=read_cols, filter=cfilter):
                     keep = ~np.isin(b.column("start").to_numpy(), np.fromiter(drop, dtype=np.float64))
                     yield stream, b.filter(pa.array(keep)).select(cols)
@@ -739,15 +969,15 @@ class HistoryStore:
         c = self.n_concepts
         presence, wsum, wsq = np.zeros(c), np.zeros(c), np.zeros(c)
         listing = self._list_windows(streams, start, end)
-        rollups: list[Path] = []
-        rolled: set[tuple[str, int]] = set()
+        candidates: list[tuple[tuple[str, int], PurePath]] = []
         for stream, day, files in listing:
             inside = (start is None or day * DAY >= start) and (end is None or (day + 1) * DAY <= end)
             if inside and len(files) == 1:
-                r = self._partition_dir("window_rollups", stream, day) / files[0].name
-                if r.exists():
-                    rollups.append(r)
-                    rolled.add((stream, day))
+                candidates.append(((stream, day), self._partition_dir("window_rollups", stream, day) / files[0].name))
+        # one batched existence check (a single call, not one round trip per day)
+        found = self._fs.fs.get_file_info([str(r) for _, r in candidates]) if candidates else []
+        rollups = [r for (_, r), info in zip(candidates, found) if info.type == pafs.FileType.File]
+        rolled = {key for (key, _), info in zip(candidates, found) if info.type == pafs.FileType.File}
         header, batches = self._iter_listing(
             listing, start, end, None, ["concept_index", "presence", "weight_sum", "weight_sq_sum"], True, rolled
         )
@@ -758,7 +988,7 @@ class HistoryStore:
             sources.append(
                 b
                 for i in range(0, len(rollups), 64)
-                for b in _read_many(rollups[i : i + 64], ROLLUP_SCHEMA).select(cols).to_batches()
+                for b in _read_many(self._fs, rollups[i : i + 64], ROLLUP_SCHEMA).select(cols).to_batches()
             )
         for source in sources:
             for b in source:
@@ -795,7 +1025,7 @@ class HistoryStore:
             entry_start = batch.column("start").to_numpy()
             pos = np.minimum(np.searchsorted(starts, entry_start), max(len(starts) - 1, 0))
             if len(starts) == 0 or not np.array_equal(starts[pos], entry_start):
-                raise RuntimeError(f"history store {str(self.root)!r}: concept rows without a window header")
+                raise RuntimeError(f"history store {self.location!r}: concept rows without a window header")
             rows = rows_of_stream[pos]
             cols = batch.column("concept_index").to_numpy()
             wsum[rows, cols] = batch.column("weight_sum").to_numpy()
@@ -831,7 +1061,7 @@ class HistoryStore:
         header, presence, wsum, wsq = self.sum_windows(streams=stream, start=t0, end=t1)
         n = int(pc.sum(header["n_images"]).as_py() or 0) if header.num_rows else 0
         if n == 0:
-            raise NoDataError(f"history store {str(self.root)!r}: no images for stream={stream!r} in [{t0}, {t1})")
+            raise NoDataError(f"history store {self.location!r}: no images for stream={stream!r} in [{t0}, {t1})")
 
         def total(col: str) -> float:
             return float(pc.sum(header[col]).as_py() or 0.0)
@@ -897,7 +1127,7 @@ class HistoryStore:
             raise ValueError(f"write_codes: {len(codes)} code rows but {len(items)} items")
         if codes.n_concepts != self.n_concepts:
             raise ConfigError(
-                f"write_codes: codes index {codes.n_concepts} concepts but store {str(self.root)!r} "
+                f"write_codes: codes index {codes.n_concepts} concepts but store {self.location!r} "
                 f"(concept space {self.concept_space!r}) has {self.n_concepts}"
             )
         if not items:
@@ -934,7 +1164,7 @@ class HistoryStore:
 
     def has_codes(self, stream: str | Sequence[str] | None = None) -> bool:
         streams = [stream] if isinstance(stream, str) else stream
-        return any(self._files(d) for _, _, d in self._partitions("codes", streams))
+        return bool(self._listing("codes", streams))
 
     @retry_if_compacted
     def scan_codes(
@@ -1010,27 +1240,28 @@ class HistoryStore:
         if isinstance(streams, str):
             streams = [streams]
         start, end = parse_time(start, name="start"), parse_time(end, name="end")
-        files = [f for _, _, d in self._partitions(table, streams, start, end) for f in self._files(d)]
+        files = [f for _, _, part in self._listing(table, streams, start, end) for f in part]
         if not files:
             return SCHEMAS[table].empty_table()
-        return ds.dataset(files, schema=SCHEMAS[table], format="parquet").to_table(
-            filter=_range_filter(time_column, start, end)
-        )
+        return self._dataset(files, SCHEMAS[table]).to_table(filter=_range_filter(time_column, start, end))
+
+    def _dataset(self, files: Sequence[PurePath], schema: pa.Schema) -> ds.Dataset:
+        return ds.dataset([str(f) for f in files], schema=schema, format="parquet", filesystem=self._fs.fs)
 
     # ------------------------------------------------------------------ checkpoints (resumable jobs)
-    def _checkpoint_path(self, job_id: str) -> Path:
+    def _checkpoint_path(self, job_id: str) -> PurePath:
         if not isinstance(job_id, str) or not _JOB_ID.match(job_id):
             raise ValueError(
                 f"job_id={job_id!r}: use 1-128 characters from letters, digits, '.', '_' and '-' "
                 f"(starting with a letter or digit)"
             )
-        return self.root / "checkpoints" / f"{job_id}.json"
+        return self._fs.join("checkpoints", f"{job_id}.json")
 
     def get_checkpoint(self, job_id: str) -> dict[str, Any] | None:
         """The last state saved for ``job_id``, or None when the job never saved one."""
         path = self._checkpoint_path(job_id)
         try:
-            doc = json.loads(path.read_text("utf-8"))
+            doc = json.loads(self._fs.read_bytes(path).decode("utf-8"))
         except FileNotFoundError:
             return None
         return doc["state"]
@@ -1043,16 +1274,37 @@ class HistoryStore:
             data = json.dumps(doc, allow_nan=False).encode("utf-8")
         except (TypeError, ValueError) as exc:
             raise ValueError(f"set_checkpoint({job_id!r}): state must be JSON-serialisable ({exc})") from None
-        _atomic_write_bytes(path, data)
+        self._fs.write_bytes(path, data)
 
     def clear_checkpoint(self, job_id: str) -> None:
-        self._checkpoint_path(job_id).unlink(missing_ok=True)
+        self._fs.delete_file(self._checkpoint_path(job_id), missing_ok=True)
 
     def list_checkpoints(self) -> list[str]:
-        d = self.root / "checkpoints"
-        if not d.is_dir():
-            return []
-        return sorted(p.stem for p in d.glob("*.json") if not p.name.startswith("."))
+        names = (i.base_name for i in self._fs.list(self._fs.join("checkpoints")) if i.type == pafs.FileType.File)
+        return sorted(n[: -len(".json")] for n in names if n.endswith(".json") and not n.startswith("."))
+
+    def _blob_path(self, name: str) -> PurePath:
+        if not isinstance(name, str) or not _JOB_ID.match(name) or name.endswith(".json"):
+            raise ValueError(
+                f"checkpoint file name {name!r}: use 1-128 characters from letters, digits, '.', '_' and '-' "
+                f"(starting with a letter or digit, not ending in .json, which names checkpoint records)"
+            )
+        return self._fs.join("checkpoints", name)
+
+    def write_checkpoint_file(self, name: str, data: bytes) -> None:
+        """Store opaque bytes (e.g. a saved monitor state) under ``checkpoints/NAME``, atomically, wherever the
+        store lives: jobs keep state next to their checkpoint record without touching the local disk."""
+        self._fs.write_bytes(self._blob_path(name), bytes(data))
+
+    def read_checkpoint_file(self, name: str) -> bytes | None:
+        """The bytes stored under ``checkpoints/NAME``, or None when there are none."""
+        try:
+            return self._fs.read_bytes(self._blob_path(name))
+        except FileNotFoundError:
+            return None
+
+    def delete_checkpoint_file(self, name: str) -> None:
+        self._fs.delete_file(self._blob_path(name), missing_ok=True)
 
     # ------------------------------------------------------------------ maintenance
     def compact(
@@ -1075,17 +1327,18 @@ class HistoryStore:
         now_wall = time.time()
         for table in TABLES:
             for _, _, d in self._partitions(table, streams):
-                for entry in os.scandir(d):
-                    if entry.name.startswith(".") and ".tmp-" in entry.name:
-                        if now_wall - entry.stat().st_mtime >= temp_age_s:
-                            os.unlink(entry.path)
+                for entry in self._fs.list(d):
+                    if entry.base_name.startswith(".") and ".tmp-" in entry.base_name:
+                        mtime = entry.mtime_ns / 1e9 if entry.mtime_ns is not None else 0.0
+                        if now_wall - mtime >= temp_age_s:
+                            self._fs.delete_file(d / entry.base_name, missing_ok=True)
                             stats["temps_removed"] += 1
         for s, day, hdir in self._partitions("windows", streams):
             cdir = self._partition_dir("window_concepts", s, day)
             headers = self._files(hdir)
             committed = {f.name for f in headers}
             for orphan in [f for f in self._files(cdir) if f.name not in committed]:
-                orphan.unlink()
+                self._fs.delete_file(orphan, missing_ok=True)
                 stats["orphans_removed"] += 1
             if len(headers) < min_files:
                 continue
@@ -1093,22 +1346,22 @@ class HistoryStore:
             self._rewrite_windows(s, day, data, headers, stats)
         # concept files without a header, and rollups that no longer describe the partition's only file
         for s, day, cdir in self._partitions("window_concepts", streams):
-            if not self._partition_dir("windows", s, day).is_dir():
+            if not self._fs.is_dir(self._partition_dir("windows", s, day)):
                 for f in self._files(cdir):
-                    f.unlink()
+                    self._fs.delete_file(f, missing_ok=True)
                     stats["orphans_removed"] += 1
         for s, day, rdir in self._partitions("window_rollups", streams):
             headers = {f.name for f in self._files(self._partition_dir("windows", s, day))}
             for f in self._files(rdir):
                 if len(headers) != 1 or f.name not in headers:
-                    f.unlink()
+                    self._fs.delete_file(f, missing_ok=True)
                     stats["orphans_removed"] += 1
         for table, time_col, keys in (("alarms", "window_start", None), ("codes", "timestamp", ["stream", "id"])):
             for s, day, d in self._partitions(table, streams):
                 files = self._files(d)
                 if len(files) < min_files:
                     continue
-                t = ds.dataset(files, schema=SCHEMAS[table], format="parquet").to_table()
+                t = self._dataset(files, SCHEMAS[table]).to_table()
                 if keys:
                     t = _dedupe_last(t, keys)
                 t = t.sort_by(time_col)
@@ -1117,7 +1370,7 @@ class HistoryStore:
                 self._write_table(table, d, batch, t)
                 stats["files_written"] += 1
                 for f in files:
-                    f.unlink()
+                    self._fs.delete_file(f, missing_ok=True)
                     stats["files_removed"] += 1
                 stats["partitions_compacted"] += 1
         if apply_retention and self.codes_retention_days is not None:
@@ -1127,7 +1380,7 @@ class HistoryStore:
         self._remove_empty_dirs()
         return stats
 
-    def _rewrite_windows(self, stream: str, day: int, data: WindowData, old: list[Path], stats: dict) -> None:
+    def _rewrite_windows(self, stream: str, day: int, data: WindowData, old: list[PurePath], stats: dict) -> None:
         batch = _new_batch_id()
         header = data.header.sort_by("start")
         header = header.set_column(
@@ -1145,9 +1398,9 @@ class HistoryStore:
         stats["files_written"] += 3
         # Headers go first so that no moment shows a committed batch without its concepts.
         for f in old:
-            f.unlink()
-            (cdir / f.name).unlink(missing_ok=True)
-            (rdir / f.name).unlink(missing_ok=True)
+            self._fs.delete_file(f, missing_ok=True)
+            self._fs.delete_file(cdir / f.name, missing_ok=True)
+            self._fs.delete_file(rdir / f.name, missing_ok=True)
             stats["files_removed"] += 2
         stats["partitions_compacted"] += 1
 
@@ -1174,32 +1427,32 @@ class HistoryStore:
             cutoff = now - days * DAY
             for s, day, d in self._partitions(table):
                 if (day + 1) * DAY <= cutoff:  # every row of the partition is older than the cutoff
-                    shutil.rmtree(d)
+                    self._fs.delete_dir(d, missing_ok=True)
                     if table == "windows":
-                        shutil.rmtree(self._partition_dir("window_concepts", s, day), ignore_errors=True)
-                        shutil.rmtree(self._partition_dir("window_rollups", s, day), ignore_errors=True)
+                        self._fs.delete_dir(self._partition_dir("window_concepts", s, day), missing_ok=True)
+                        self._fs.delete_dir(self._partition_dir("window_rollups", s, day), missing_ok=True)
                     removed[table] += 1
         self._remove_empty_dirs()
         return removed
 
     def _remove_empty_dirs(self) -> None:
+        dirs = pafs.FileType.Directory
         for table in TABLES:
-            base = self.root / table
-            if not base.is_dir():
-                continue
-            for sdir in base.iterdir():
-                if not sdir.is_dir():
+            base = self._fs.join(table)
+            for sdir in self._fs.list(base):
+                if sdir.type != dirs:
                     continue
-                for ddir in sdir.iterdir():
-                    if ddir.is_dir() and not any(ddir.iterdir()):
-                        ddir.rmdir()
-                if not any(sdir.iterdir()):
-                    sdir.rmdir()
+                spath = base / sdir.base_name
+                for ddir in self._fs.list(spath):
+                    if ddir.type == dirs and not self._fs.list(spath / ddir.base_name):
+                        self._fs.delete_dir(spath / ddir.base_name, missing_ok=True)
+                if not self._fs.list(spath):
+                    self._fs.delete_dir(spath, missing_ok=True)
 
     def describe(self) -> dict[str, Any]:
         """What the store holds: identity, and per stream the time span, windows, images and files."""
         out: dict[str, Any] = {
-            "root": str(self.root),
+            "root": self.location,
             "schema_version": self.schema_version,
             "concept_space": self.concept_space,
             "n_concepts": self.n_concepts,
@@ -1216,9 +1469,9 @@ class HistoryStore:
                 info["first_window_start"] = float(pc.min(sub["start"]).as_py())
                 info["last_window_end"] = float(pc.max(sub["end"]).as_py())
             for table in TABLES:
-                files = [f for _, _, d in self._partitions(table, [stream]) for f in self._files(d)]
+                files = [f for _, _, part in self._listing(table, [stream]) for f in part]
                 info[f"{table}_files"] = len(files)
-                info[f"{table}_bytes"] = sum(f.stat().st_size for f in files)
+                info[f"{table}_bytes"] = sum(self._fs.sizes(files))
             info["codes_rows"] = self.scan_table("codes", streams=[stream]).num_rows if info["codes_files"] else 0
             info["alarms"] = self.scan_table("alarms", streams=[stream]).num_rows if info["alarms_files"] else 0
             out["streams"][stream] = info
@@ -1237,8 +1490,12 @@ def _range_mask(t: np.ndarray, start: float | None, end: float | None) -> pa.Arr
     return pa.array(mask)
 
 
-def _read_one(path: Path, schema: pa.Schema, concepts: np.ndarray | None, start, end) -> pa.Table:
-    pf = pq.ParquetFile(path)
+def _read_one(fs: StoreFS, path: PurePath, schema: pa.Schema, concepts: np.ndarray | None, start, end) -> pa.Table:
+    with fs.open_input(path) as fh:
+        return _read_parquet(pq.ParquetFile(fh), schema, concepts, start, end)
+
+
+def _read_parquet(pf: pq.ParquetFile, schema: pa.Schema, concepts: np.ndarray | None, start, end) -> pa.Table:
     if concepts is None:
         return pf.read(columns=schema.names, use_threads=False)  # the caller's pool already spans the files
     col = schema.get_field_index("concept_index")
@@ -1260,7 +1517,8 @@ def _read_one(path: Path, schema: pa.Schema, concepts: np.ndarray | None, start,
 
 
 def _read_many(
-    files: Sequence[Path],
+    fs: StoreFS,
+    files: Sequence[PurePath],
     schema: pa.Schema,
     *,
     concepts: np.ndarray | None = None,
@@ -1274,10 +1532,10 @@ def _read_many(
     if not files:
         return schema.empty_table()
     if len(files) == 1:
-        tables = [_read_one(files[0], schema, concepts, start, end)]
+        tables = [_read_one(fs, files[0], schema, concepts, start, end)]
     else:
         with ThreadPoolExecutor(max_workers=min(8, 2 * (os.cpu_count() or 1), len(files))) as pool:
-            tables = list(pool.map(lambda f: _read_one(f, schema, concepts, start, end), files))
+            tables = list(pool.map(lambda f: _read_one(fs, f, schema, concepts, start, end), files))
     return pa.concat_tables([t.cast(schema) if t.schema != schema else t for t in tables])
 
 
