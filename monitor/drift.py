@@ -71,6 +71,10 @@ class DriftConfig:
     ``clear_ratio`` x threshold for ``clear_steps`` consecutive tests.
     ``stream_threshold``: Jensen-Shannon divergence (bits) above which a stream-level alarm is raised; None (default)
     reports the score without alarming, because that score has no analytic null distribution.
+    ``min_prevalence_change``: a prevalence alarm also needs |current - reference prevalence| >= this absolute
+    floor (0.0, the default, disables it); a firing one resolves once the change stays below ``clear_ratio`` x the
+    floor (or its evidence below ``clear_ratio`` x threshold) for ``clear_steps`` tests. Like ``min_count`` it only
+    suppresses alarms, so the false-alarm bound holds.
     """
 
     ert: float = 1000.0
@@ -80,6 +84,7 @@ class DriftConfig:
     clear_ratio: float = 0.5
     clear_steps: int = 2
     stream_threshold: float | None = None
+    min_prevalence_change: float = 0.0
 
     def __post_init__(self) -> None:
         if not (self.ert > 1):
@@ -96,6 +101,9 @@ class DriftConfig:
             raise ValueError(f"DriftConfig.clear_steps must be >= 1, got {self.clear_steps!r}")
         if self.stream_threshold is not None and not (self.stream_threshold > 0):
             raise ValueError(f"DriftConfig.stream_threshold must be > 0 bits or None, got {self.stream_threshold!r}")
+        if not (isinstance(self.min_prevalence_change, (int, float)) and 0.0 <= self.min_prevalence_change < 1.0):
+            raise ValueError(f"DriftConfig.min_prevalence_change must be a number in [0, 1) (absolute prevalence "
+                             f"difference), got {self.min_prevalence_change!r}")
         object.__setattr__(self, "kinds", tuple(self.kinds))
 
 
@@ -278,7 +286,9 @@ class ConceptDriftTest:
         # min_count only suppresses alarms, so it cannot add false ones
         up_ok = c.presence >= cfg.min_count
         down_ok = ref_prev * n_c >= cfg.min_count
-        ok = np.stack([up_ok, down_ok, up_ok, down_ok])
+        # a practical-significance floor for prevalence only: large windows make tiny moves "significant"
+        big = np.abs(cur_prev - ref_prev) >= cfg.min_prevalence_change
+        ok = np.stack([up_ok & big, down_ok & big, up_ok, down_ok])
         fire = tested & ok & (evidence >= thr)
         score = js_divergence(r.weight_sum, c.weight_sum)
         return StepResult(evidence, tested, fire, thr, n_h, ref_prev, cur_prev, ref_mean, cur_mean, pooled_sd,
@@ -335,6 +345,10 @@ class AlarmBook:
                 still = res.stream_score >= self.config.clear_ratio * (self.config.stream_threshold or math.inf)
             else:
                 still = res.evidence[h, j] >= clear_at
+                if HYPOTHESES[h][0] == "prevalence" and self.config.min_prevalence_change > 0:
+                    # the same band as the evidence: fire at the floor, clear under clear_ratio x floor
+                    change = abs(float(res.cur_prevalence[j]) - float(res.ref_prevalence[j]))
+                    still = still and change >= self.config.clear_ratio * self.config.min_prevalence_change
             entry = self._active[key]
             entry.below = 0 if still else entry.below + 1
             if entry.below >= self.config.clear_steps:

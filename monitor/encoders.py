@@ -303,7 +303,8 @@ class SentenceTransformerEncoder(Encoder):
         self._autocast_dtype = _autocast_dtype(precision, self.device)
         from sentence_transformers import SentenceTransformer
 
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")  # a local directory never needs the hub
+        # local_files_only keeps this load off the network; no process-wide HF_HUB_OFFLINE here, because that
+        # would also block a later open_clip pretrained download in the same process
         try:
             self._net = _quiet(_no_progress(SentenceTransformer), str(path), device=str(self.device),
                                local_files_only=True)

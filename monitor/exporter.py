@@ -17,7 +17,7 @@ from monitor.errors import ConfigError
 
 __all__ = ["MetricsExporter", "push_metrics", "delete_pushed_metrics"]
 
-DEFAULT_PORT = 9464
+DEFAULT_PORT = 9400  # the same port as `run`, `demo` and the Helm chart
 
 
 class _ThreadingServer(ThreadingMixIn, WSGIServer):

@@ -33,6 +33,7 @@ from prometheus_client.utils import floatToGoString
 
 from monitor.errors import DEAD_LETTER_REASONS, ConfigError
 from monitor.records import Alarm, SparseCodes, WindowSummary
+from monitor.streams import DEFAULT_MAX_STREAMS
 
 __all__ = [
     "ALARM_KINDS",
@@ -175,7 +176,7 @@ class MonitorMetrics:
         registry: CollectorRegistry | None = REGISTRY,
         max_concepts_per_stream: int = 200,
         top_k: int = 10,
-        max_streams: int = 64,
+        max_streams: int = DEFAULT_MAX_STREAMS,
         hysteresis: float = 1.25,
         fidelity_buckets: Sequence[float] = FIDELITY_BUCKETS,
         l0_buckets: Sequence[float] = L0_BUCKETS,
@@ -359,6 +360,11 @@ class MonitorMetrics:
             st.exported = self._select(st, alarmed)
 
     # ------------------------------------------------------------------ inspection
+    def can_accept(self, stream: str) -> bool:
+        """True if ``stream`` already has state or one more stream fits under ``max_streams``; changes nothing."""
+        with self._lock:
+            return stream in self._streams or len(self._streams) < self.max_streams
+
     @property
     def streams(self) -> list[str]:
         with self._lock:

@@ -30,8 +30,12 @@ from monitor.records import Alarm, ItemMeta, SparseCodes, WindowSummary
 from monitor.stats import WindowStats, load_state, save_state
 from monitor.windows import ClosedWindow, Reference, ReferenceConfig, TumblingWindows, WindowConfig, WindowRing
 
-__all__ = ["MonitorConfig", "StreamStatus", "StreamMonitor", "ConceptMonitor", "WindowConfig", "ReferenceConfig",
-           "DriftConfig", "MMDConfig"]
+__all__ = ["DEFAULT_MAX_STREAMS", "MonitorConfig", "StreamStatus", "StreamMonitor", "ConceptMonitor", "WindowConfig",
+           "ReferenceConfig", "DriftConfig", "MMDConfig"]
+
+# One bound for every per-stream structure (monitors here, metric label sets in monitor.metrics), so the
+# aggregator hits the same limit everywhere and can check it once before it changes any state.
+DEFAULT_MAX_STREAMS = 64
 
 
 def _from_dict(cls, data: dict[str, Any] | None):
@@ -54,7 +58,7 @@ class MonitorConfig:
     mmd: MMDConfig | None = None  # None: no embedding test
     concept_space: str = ""
     max_pending_windows: int = 1024  # closed summaries kept for closed_windows(); the oldest are dropped beyond
-    max_streams: int = 1024  # ConceptMonitor: bound on the number of streams tracked
+    max_streams: int = DEFAULT_MAX_STREAMS  # ConceptMonitor: bound on the number of streams tracked
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -395,6 +399,11 @@ class ConceptMonitor:
         self.on_window = on_window
         self.monitors: dict[str, StreamMonitor] = {}
 
+    def can_accept(self, stream: str) -> bool:
+        """True if ``stream`` is already tracked or one more stream fits under ``config.max_streams``; cheap, and
+        changes nothing, so a caller can check capacity before it mutates any state."""
+        return stream in self.monitors or len(self.monitors) < self.config.max_streams
+
     def monitor(self, stream: str) -> StreamMonitor:
         mon = self.monitors.get(stream)
         if mon is None:
@@ -411,6 +420,11 @@ class ConceptMonitor:
         if len(items) != len(codes):
             raise ValueError(f"items: {len(items)} items for {len(codes)} rows of codes")
         streams = [it.stream for it in items]
+        new = [s for s in dict.fromkeys(streams) if s not in self.monitors]
+        if len(self.monitors) + len(new) > self.config.max_streams:
+            # refuse the whole batch before any stream's state moves, so a retry cannot double-count rows
+            raise ValueError(f"batch brings new streams {new[:10]} that would exceed "
+                             f"max_streams={self.config.max_streams}; tracked: {sorted(self.monitors)[:10]}")
         first = streams[0] if streams else None
         if all(s == first for s in streams):
             return self.monitor(first).update(codes, items, embeddings=embeddings) if first is not None else []

@@ -26,14 +26,16 @@ def register(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
     push = actions.add_parser("push", help="create/overwrite the dashboards (and alert rules) in Grafana")
     push.add_argument("--grafana-url", required=True, help="e.g. https://grafana.example.com")
-    push.add_argument("--token", required=True, help="Grafana service account token (Editor or Admin)")
+    push.add_argument("--token", default=None,
+                      help="Grafana service account token (Editor or Admin); default: the GRAFANA_TOKEN environment "
+                           "variable, which keeps the token out of shell history and process listings")
     push.add_argument("--folder-uid", default="splice-monitor", help="folder uid, created if missing")
     push.add_argument("--folder-title", default="splice-monitor", help="folder title when it is created")
     push.add_argument("--datasource-uid", default="prometheus",
                       help="Prometheus data source uid for the alert rules (default: %(default)s)")
     push.add_argument("--no-alerts", action="store_true", help="push dashboards only")
     push.add_argument("--timeout", type=float, default=10.0, help="HTTP timeout in seconds")
-    push.set_defaults(func=run_push)
+    push.set_defaults(func=run_push, push_parser=push)
     return parser
 
 
@@ -55,8 +57,18 @@ def run_render(args: argparse.Namespace) -> int:
     return 0
 
 
+TOKEN_ENV = "GRAFANA_TOKEN"
+
+
 def run_push(args: argparse.Namespace) -> int:
-    summary = push(args.grafana_url, args.token, folder_uid=args.folder_uid, folder_title=args.folder_title,
+    import os
+
+    token = args.token or os.environ.get(TOKEN_ENV, "").strip()
+    if not token:
+        # parser.error prints usage and exits 2, like any other missing required argument
+        args.push_parser.error(f"no Grafana token: pass --token TOKEN or set the {TOKEN_ENV} environment variable "
+                               "(a service account token with the Editor or Admin role)")
+    summary = push(args.grafana_url, token, folder_uid=args.folder_uid, folder_title=args.folder_title,
                    datasource_uid=args.datasource_uid, alerts=not args.no_alerts, timeout=args.timeout)
     for line in summary:
         print(line)

@@ -118,7 +118,7 @@ class _FakeGrafana(BaseHTTPRequestHandler):
         pass
 
 
-def test_push_creates_folder_overwrites_dashboards_and_replaces_rule_group(capsys):
+def _push_to_fake_grafana(extra_args: list[str]) -> list[tuple[str, str, dict | None, str]]:
     _FakeGrafana.calls = []
     _FakeGrafana.folders = set()
     server = ThreadingHTTPServer(("127.0.0.1", 0), _FakeGrafana)
@@ -126,11 +126,16 @@ def test_push_creates_folder_overwrites_dashboards_and_replaces_rule_group(capsy
     thread.start()
     try:
         url = f"http://127.0.0.1:{server.server_port}"
-        assert main(["dashboards", "push", "--grafana-url", url, "--token", "glsa_test"]) == 0
+        assert main(["dashboards", "push", "--grafana-url", url, *extra_args]) == 0
     finally:
         server.shutdown()
         server.server_close()
-    calls = _FakeGrafana.calls
+    return _FakeGrafana.calls
+
+
+def test_push_creates_folder_overwrites_dashboards_and_replaces_rule_group(capsys, monkeypatch):
+    monkeypatch.setenv("GRAFANA_TOKEN", "glsa_from_env")  # the flag wins over the environment
+    calls = _push_to_fake_grafana(["--token", "glsa_test"])
     assert all(auth == "Bearer glsa_test" for *_, auth in calls)
     assert ("POST", "/api/folders") in [(m, p) for m, p, _, _ in calls]
     posted = [b for m, p, b, _ in calls if p == "/api/dashboards/db"]
@@ -143,3 +148,22 @@ def test_push_creates_folder_overwrites_dashboards_and_replaces_rule_group(capsy
     assert all(r["folderUID"] == "splice-monitor" and r["ruleGroup"] == "splice-monitor" for r in group["rules"])
     assert group["interval"] == 60
     assert "alert rule group splice-monitor (6 rules)" in capsys.readouterr().out
+
+
+def test_push_takes_the_token_from_grafana_token_when_no_flag_is_given(monkeypatch, capsys):
+    monkeypatch.setenv("GRAFANA_TOKEN", "glsa_from_env")
+    calls = _push_to_fake_grafana([])
+    assert calls and all(auth == "Bearer glsa_from_env" for *_, auth in calls)
+
+
+@pytest.mark.parametrize("env", [None, "", "   "])
+def test_push_without_flag_or_environment_token_fails_naming_both(monkeypatch, capsys, env):
+    if env is None:
+        monkeypatch.delenv("GRAFANA_TOKEN", raising=False)
+    else:
+        monkeypatch.setenv("GRAFANA_TOKEN", env)
+    with pytest.raises(SystemExit) as exc:
+        main(["dashboards", "push", "--grafana-url", "http://127.0.0.1:9"])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "--token" in err and "GRAFANA_TOKEN" in err

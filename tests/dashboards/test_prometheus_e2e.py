@@ -124,7 +124,8 @@ def servers(tmp_path_factory):
     metrics = MonitorMetrics(CONCEPTS, registry=registry, max_concepts_per_stream=20, top_k=5)
     exporter = MetricsExporter(registry, host="127.0.0.1", port=0)
     pg_port = _free_port()
-    pushgw = subprocess.Popen([PUSHGATEWAY, f"--web.listen-address=127.0.0.1:{pg_port}"],
+    # memory only: Debian's default persistence file is shared with every other gateway on the machine
+    pushgw = subprocess.Popen([PUSHGATEWAY, f"--web.listen-address=127.0.0.1:{pg_port}", "--persistence.file="],
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     (tmp / "rules.yaml").write_text(dump_yaml(build_rules(FAST)))
     (tmp / "prometheus.yml").write_text(yaml.safe_dump({

@@ -179,6 +179,50 @@ def test_book_state_round_trip_keeps_active_alarms():
     assert other.active == book.active and other.step(_result(20), (0, 1), (0, 1)) == []
 
 
+def _counts(n_images: int, presence: list[int], weight: float = 0.5) -> WindowStats:
+    st = WindowStats(len(presence))
+    idx = np.repeat(np.arange(len(presence)), presence)
+    st.concepts.update_arrays(n_images, idx, np.full(len(idx), weight))
+    return st
+
+
+def test_min_prevalence_change_mutes_significant_but_tiny_prevalence_moves_only():
+    # concept 0: 1.0% -> 1.3%, overwhelming evidence at these sizes but a 0.3-point move; concept 1: 10% -> 20%
+    ref, cur = _counts(1_000_000, [10_000, 100_000]), _counts(200_000, [2_600, 40_000])
+    plain = ConceptDriftTest(DriftConfig(ert=1000)).run(ref, cur)
+    assert plain.fire[0, 0] and plain.fire[0, 1]
+    floored = ConceptDriftTest(DriftConfig(ert=1000, min_prevalence_change=0.005)).run(ref, cur)
+    assert not floored.fire[0, 0] and floored.fire[0, 1]
+    np.testing.assert_array_equal(floored.evidence, plain.evidence)  # the floor gates alarms, not the evidence
+    np.testing.assert_array_equal(floored.fire[2:], plain.fire[2:])  # activation rows are untouched
+    assert ConceptDriftTest(DriftConfig(ert=1000, min_prevalence_change=0.002)).run(ref, cur).fire[0, 0]
+
+
+def _moved(evidence_row0: float, ref_p: float, cur_p: float, threshold: float = 15.0) -> StepResult:
+    res = _result(evidence_row0, threshold)
+    res.ref_prevalence = np.full(3, ref_p)
+    res.cur_prevalence = np.full(3, cur_p)
+    return res
+
+
+def test_prevalence_alarm_resolves_when_the_change_falls_under_the_floor_band():
+    cfg = DriftConfig(ert=100, clear_ratio=0.5, clear_steps=2, min_prevalence_change=0.02)
+    book = AlarmBook("s", ["a", "b", "c"], cfg)
+    states = []
+    # the evidence stays far above the threshold throughout; only the size of the move changes
+    for ref_p, cur_p in [(0.10, 0.13), (0.10, 0.115), (0.10, 0.111), (0.10, 0.111), (0.10, 0.109),
+                         (0.10, 0.105), (0.10, 0.13)]:
+        res = _moved(40.0, ref_p, cur_p)
+        res.fire[0, 1] = res.fire[0, 1] and abs(cur_p - ref_p) >= cfg.min_prevalence_change
+        states += [a.state for a in book.step(res, (0, 1), (0, 1))]
+    # 0.015 and 0.011 sit inside the band [0.01, 0.02): kept, not re-fired; 0.009 and 0.005 clear it
+    assert states == ["firing", "resolved", "firing"]
+    # without a floor the same sequence never resolves
+    plain = AlarmBook("s", ["a", "b", "c"], DriftConfig(ert=100, clear_ratio=0.5, clear_steps=2))
+    assert [a.state for ev in range(5) for a in plain.step(_moved(40.0, 0.10, 0.105), (0, 1), (0, 1))] == \
+        ["firing"]
+
+
 def test_stream_score_is_jensen_shannon_in_bits():
     rng = np.random.default_rng(0)
     p, q = rng.random(50), rng.random(50)
@@ -226,6 +270,8 @@ def test_mmd_score_matches_the_unbiased_estimator_and_detects_a_mean_shift():
     ({"clear_ratio": 1.5}, "clear_ratio"),
     ({"clear_steps": 0}, "clear_steps"),
     ({"stream_threshold": -1.0}, "stream_threshold"),
+    ({"min_prevalence_change": -0.01}, "min_prevalence_change must be a number in \\[0, 1\\)"),
+    ({"min_prevalence_change": 1.0}, "min_prevalence_change"),
 ])
 def test_drift_config_names_the_bad_parameter(kwargs, match):
     with pytest.raises(ValueError, match=match):

