@@ -59,6 +59,8 @@ class AggregatorConfig:
     write_codes: bool = False
     dead_letter: str | None = None
     keep_alarms: int = 1000
+    reference_history: dict[str, Any] | None = None  # {"store", "start", "end"}: load the reference from history
+    collect_metrics: bool = False  # keep the metrics registry without serving it (a batch job that pushes at the end)
 
 
 @dataclass
@@ -93,13 +95,17 @@ class AggregatorCore:
         self.monitor = _make_monitor(self.concept_names, concept_space, config.monitor)
         self.metrics = None
         self.exporter = None
-        if config.metrics_port is not None:
+        if config.metrics_port is not None or config.collect_metrics:
             self.metrics, self.exporter = _make_metrics(self.concept_names, config.metrics_port, config.metrics_host)
         self.history = None
         self._window_day: dict[str, int] = {}  # latest UTC day written per stream (triggers compaction)
         if config.history:
             self.history = _make_history(config.history, self.concept_names, concept_space)
         self.sink = open_sink(config.dead_letter)
+        self.reference_streams: list[str] = []  # streams whose own stored windows form their reference
+        self._fallback_reference: WindowSummary | None = None  # all streams merged, for streams new to history
+        if config.reference_history:
+            self._load_history_reference(**config.reference_history)
         # the ledger: committed-not-acknowledged batches and their item ids
         self._open: dict[int, list[str]] = {}
         self._open_ids: dict[str, int] = {}
@@ -112,6 +118,7 @@ class AggregatorCore:
         self.nonconverged = 0
         self.windows_closed = 0
         self.alarm_count = 0
+        self.alarms_resolved = 0  # of alarm_count: resolutions (the rest fired)
         self.alarms: deque[Alarm] = deque(maxlen=config.keep_alarms)
         self.streams: Counter[str] = Counter()
 
@@ -176,6 +183,11 @@ class AggregatorCore:
             dead.append(d)
         skipped = len(partial.items) + len(partial.dead_letters) - len(rows) - len(dead)
         ids = list(in_batch)
+        # Stream capacity is checked before any state changes: the monitor and the metrics each refuse a stream past
+        # their max_streams, and a refusal half-way through applying a batch would leave it counted but not
+        # committed, so a retry would count it again.
+        rows, over = self._within_stream_limit(partial, rows, dead)
+        dead += over
         result = CommitResult(seq=seq, counted=len(rows), dead_letters=len(dead), skipped_ids=skipped)
         if rows:
             codes = partial.codes if len(rows) == len(partial.items) else partial.codes.take(rows)
@@ -185,7 +197,8 @@ class AggregatorCore:
             self.sink.write(dead)
             if self.metrics is not None:
                 for (stream, reason), n in Counter((d.stream, d.reason) for d in dead).items():
-                    self.metrics.observe_dead_letter(stream, reason, n=n)
+                    if self.metrics.can_accept(stream):  # an over-limit stream is counted in the sink only
+                        self.metrics.observe_dead_letter(stream, reason, n=n)
         result.windows_closed = self._drain_windows()
         self._open[seq] = ids
         for i in ids:
@@ -196,7 +209,87 @@ class AggregatorCore:
         self._note_alarms(result.alarms)
         return result
 
+    def stream_limit(self) -> tuple[int, str]:
+        """The number of streams this aggregator tracks at most, and the setting that sets it."""
+        limit, setting = int(self.monitor.config.max_streams), "monitor max_streams (MonitorConfig.max_streams)"
+        if self.metrics is not None and int(self.metrics.max_streams) < limit:
+            limit, setting = int(self.metrics.max_streams), "metrics max_streams (MonitorMetrics(max_streams=...))"
+        return limit, setting
+
+    def _within_stream_limit(self, partial: Partial, rows: list[int], dead: list[DeadLetter]
+                             ) -> tuple[list[int], list[DeadLetter]]:
+        """Split ``rows`` into those whose stream fits under the stream limit and dead letters for the rest.
+
+        New streams are admitted in batch order while both the monitor and the metrics have room."""
+        known_monitor = set(self.monitor.streams())
+        known_metrics = set(self.metrics.streams) if self.metrics is not None else set()
+        limit_monitor = int(self.monitor.config.max_streams)
+        limit_metrics = int(self.metrics.max_streams) if self.metrics is not None else None
+        admitted: dict[str, bool] = {}
+
+        def fits(stream: str) -> bool:
+            ok = admitted.get(stream)
+            if ok is None:
+                ok = ((stream in known_monitor or len(known_monitor) < limit_monitor)
+                      and (limit_metrics is None or stream in known_metrics or len(known_metrics) < limit_metrics))
+                if ok:
+                    known_monitor.add(stream)
+                    if limit_metrics is not None:
+                        known_metrics.add(stream)
+                admitted[stream] = ok
+            return ok
+
+        kept: list[int] = []
+        over: list[DeadLetter] = []
+        limit, setting = self.stream_limit()
+        for r in rows:
+            meta = partial.items[r]
+            if fits(meta.stream):
+                kept.append(r)
+            else:
+                over.append(DeadLetter(
+                    item_id=meta.id, stream=meta.stream, timestamp=float(meta.timestamp), reason="bad_record",
+                    detail=f"stream {meta.stream!r} is beyond the limit of {limit} streams ({setting}); raise it if "
+                           f"this many streams are intended", ref=str(getattr(meta, "ref", "") or "")))
+        return kept, over
+
+    # -- reference from the history store -------------------------------------------------------------------------
+
+    def _load_history_reference(self, store: str, start: float, end: float) -> None:
+        """Each stream stored in [start, end) gets its own merged windows as reference; a stream the store does not
+        hold is compared with all stored streams merged. No stored images in the range is a ConfigError."""
+        from monitor.errors import ConfigError
+        from monitor.history import HistoryStore, NoDataError
+
+        hist = HistoryStore.open(store)
+        if list(hist.concept_names) != self.concept_names:
+            raise ConfigError(f"reference store {hist.location!r} holds concept space {hist.concept_space!r} "
+                              f"({hist.n_concepts} concepts), the workers use {self.concept_space!r} "
+                              f"({len(self.concept_names)} concepts): use the same model and vocabulary")
+        try:
+            self._fallback_reference = hist.merged_window(stream=None, start=start, end=end)
+        except NoDataError as exc:
+            raise ConfigError(f"--reference history: {exc} (check --reference-from/--reference-to)") from None
+        for stream in hist.streams():
+            try:
+                window = hist.merged_window(stream=stream, start=start, end=end)
+            except NoDataError:
+                continue
+            if not self.monitor.can_accept(stream):
+                break
+            self.monitor.set_reference(stream, window)
+            self.reference_streams.append(stream)
+
+    def _reference_new_streams(self, items: list[ItemMeta]) -> None:
+        if self._fallback_reference is None:
+            return
+        known = set(self.monitor.streams())
+        for stream in dict.fromkeys(m.stream for m in items):
+            if stream not in known:
+                self.monitor.set_reference(stream, self._fallback_reference)
+
     def _apply(self, codes: SparseCodes, items: list[ItemMeta], latency_s: float | None) -> list[Alarm]:
+        self._reference_new_streams(items)
         alarms = list(self.monitor.update(codes, items) or [])
         for stream, n in Counter(m.stream for m in items).items():
             self.streams[stream] += n
@@ -254,6 +347,7 @@ class AggregatorCore:
         if not alarms:
             return
         self.alarm_count += len(alarms)
+        self.alarms_resolved += sum(1 for a in alarms if a.state == "resolved")
         self.alarms.extend(alarms)
         if self.history is not None:
             self.history.write_alarms(list(alarms))
@@ -277,6 +371,8 @@ class AggregatorCore:
             "dead_letters": dict(self.sink.counts),
             "dead_letters_total": self.sink.total,
             "alarms": self.alarm_count,
+            "alarms_fired": self.alarm_count - self.alarms_resolved,
+            "alarms_resolved": self.alarms_resolved,
             "windows_closed": self.windows_closed,
             "nonconverged": self.nonconverged,
             "streams": dict(self.streams),
@@ -303,6 +399,7 @@ class AggregatorCore:
         self.sink.counts.update({k: int(v) for k, v in (cp.get("dead_letters") or {}).items()})
         self.windows_closed = int(cp.get("windows_closed", 0))
         self.alarm_count = int(cp.get("alarms", 0))
+        self.alarms_resolved = int(cp.get("alarms_resolved", 0))
         return cp
 
     def save_checkpoint(self, job_id: str, position: dict | None, done: bool = False) -> None:
@@ -328,7 +425,8 @@ class AggregatorCore:
         self.history.set_checkpoint(job_id, {
             "source": position, "monitor_state": name, "images": self.counted,
             "dead_letters": dict(self.sink.counts), "windows_closed": self.windows_closed,
-            "alarms": self.alarm_count, "done": bool(done), "saved_at": time.time()})
+            "alarms": self.alarm_count, "alarms_resolved": self.alarms_resolved, "done": bool(done),
+            "saved_at": time.time()})
         if old and old != name:
             (directory / old).unlink(missing_ok=True)
 
@@ -336,6 +434,15 @@ class AggregatorCore:
         from pathlib import Path
 
         return Path(self.config.history) / "checkpoints"
+
+    def push_metrics(self, gateway: str, job: str, grouping_key: dict[str, str]) -> None:
+        """Push the whole metrics registry to a Prometheus Pushgateway (the end of a batch job); a gateway that
+        cannot be reached is a ConnectionError naming it."""
+        from monitor.exporter import push_metrics
+
+        if self.metrics is None:
+            raise ValueError("no metrics to push: the aggregator was made without metrics (collect_metrics)")
+        push_metrics(gateway, self.metrics.registry, job=job, grouping_key=grouping_key)
 
     def recent_alarms(self, n: int = 50) -> list[Alarm]:
         return list(self.alarms)[-n:]
@@ -397,8 +504,9 @@ def _status(monitor, stream: str) -> dict[str, Any]:
     }
 
 
-def _make_metrics(concept_names: list[str], port: int, host: str):
-    """MonitorMetrics on a private registry, served over HTTP by the exporter (port 0 picks a free port)."""
+def _make_metrics(concept_names: list[str], port: int | None, host: str):
+    """MonitorMetrics on a private registry, served over HTTP by the exporter (port 0 picks a free port; None: not
+    served, only kept for a push)."""
     from prometheus_client import CollectorRegistry
 
     from monitor.exporter import MetricsExporter
@@ -406,7 +514,7 @@ def _make_metrics(concept_names: list[str], port: int, host: str):
 
     registry = CollectorRegistry()
     metrics = MonitorMetrics(concept_names, registry=registry)
-    exporter = MetricsExporter(registry, host=host, port=int(port))
+    exporter = None if port is None else MetricsExporter(registry, host=host, port=int(port))
     return metrics, exporter
 
 

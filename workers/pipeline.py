@@ -8,6 +8,7 @@ when one commits, so a slow model slows the reader instead of filling memory.
 from __future__ import annotations
 
 import logging
+import re
 import signal
 import threading
 import time
@@ -52,6 +53,10 @@ class PipelineConfig:
     restart: bool = False  # ignore the job's checkpoint
     checkpoint_every_s: float = 30.0
     linger_s: float = 0.0  # keep the exporter up this long after the end (so Prometheus can scrape the last state)
+    reference_history: dict[str, Any] | None = None  # {"store", "start", "end"}: reference windows from history
+    pushgateway: str | None = None  # push the final metrics to this Pushgateway when a finite source ends
+    push_job: str = "splice-run"  # the Pushgateway job name
+    push_run_id: str | None = None  # grouping label run=...; default: checkpoint_job, else derived from the source
 
     def __post_init__(self) -> None:
         if self.workers < 1:
@@ -66,6 +71,8 @@ class PipelineConfig:
             raise ConfigError(f"gpus_per_worker must be >= 0, got {self.gpus_per_worker!r}")
         if self.metrics_port is not None and not (0 <= self.metrics_port < 65536):
             raise ConfigError(f"metrics_port must be in 0..65535, got {self.metrics_port!r}")
+        if self.pushgateway is not None and not re.match(r"^(https?://)?[^/\s]+(:\d+)?(/\S*)?$", self.pushgateway):
+            raise ConfigError(f"pushgateway must be an address such as http://host:9091, got {self.pushgateway!r}")
         from workers.actors import monitor_config
 
         monitor_config(self.monitor)  # fail here, not inside the aggregator actor
@@ -73,6 +80,17 @@ class PipelineConfig:
     @property
     def in_flight_limit(self) -> int:
         return self.max_in_flight or 2 * self.workers
+
+    @property
+    def run_id(self) -> str:
+        """The Pushgateway grouping label ``run``: stable per job, so a rerun replaces its own group."""
+        if self.push_run_id:
+            return self.push_run_id
+        if self.checkpoint_job:
+            return self.checkpoint_job
+        import hashlib
+
+        return f"run-{hashlib.sha256(self.source.encode()).hexdigest()[:12]}"
 
 
 @dataclass
@@ -92,6 +110,9 @@ class RunSummary:
     nonconverged: int
     metrics_address: tuple[str, int] | None = None
     checkpoint: dict | None = None
+    alarms_resolved: int = 0  # of alarm_count: resolutions; the rest fired
+    pushed_to: str | None = None  # the Pushgateway the final metrics went to
+    push_error: str | None = None  # why the push failed (the run itself completed)
 
     @property
     def dead_letters_total(self) -> int:
@@ -107,6 +128,8 @@ class RunSummary:
             "dead_letters": self.dead_letters,
             "dead_letters_total": self.dead_letters_total,
             "alarms": self.alarm_count,
+            "alarms_fired": self.alarm_count - self.alarms_resolved,
+            "alarms_resolved": self.alarms_resolved,
             "windows_closed": self.windows_closed,
             "batches": self.batches,
             "retries": self.retries,
@@ -124,11 +147,15 @@ class RunSummary:
         lines = [
             f"images counted: {self.images}",
             f"dead letters:   {self.dead_letters_total} ({dl})",
-            f"alarms:         {self.alarm_count}",
+            f"alarms:         {self.alarm_count - self.alarms_resolved} fired, {self.alarms_resolved} resolved",
             f"windows closed: {self.windows_closed}",
             f"batches:        {self.batches} (retried {self.retries}, worker failures {self.worker_failures})",
             f"elapsed:        {self.elapsed_s:.1f} s ({self.items_per_s:.1f} items/s), stopped by {self.stopped_by}",
         ]
+        if self.pushed_to:
+            lines.append(f"pushed:         final metrics to {self.pushed_to}")
+        if self.push_error:
+            lines.append(f"push failed:    {self.push_error}")
         return "\n".join(lines)
 
 
@@ -183,8 +210,8 @@ def run_pipeline(
 
     ``on_progress(items_done, dead_letters)`` is called after each commit (counts of this run);
     ``on_started(info)`` once the workers are ready; ``handle_signals``: SIGTERM/SIGINT set ``stop`` (installed after
-    Ray starts, since Ray's driver installs its own SIGTERM handler that exits at once; restored at the end); ``hooks`` is for tests (``actors(workers, aggregator)`` once,
-    ``after_submit(seq, workers)`` per batch). With
+    Ray starts, since Ray's driver installs its own SIGTERM handler that exits at once; restored at the end);
+    ``hooks`` is for tests (``actors(workers, aggregator)`` once, ``after_submit(seq, workers)`` per batch). With
     ``config.checkpoint_job`` the run resumes from, and periodically saves, a checkpoint in the history store.
     """
     import ray
@@ -195,6 +222,8 @@ def run_pipeline(
     stop = stop or threading.Event()
     hooks = hooks or {}
     t_start = time.perf_counter()
+    if config.reference_history:
+        check_history_reference(**config.reference_history)  # a clear error before Ray and the models start
     started_ray = _ensure_ray(config.ray_address)
     previous_handlers = _install_stop_handlers(stop) if handle_signals else {}
     source = open_source(config.source, kind=config.kind, stream=config.stream)
@@ -222,7 +251,9 @@ def run_pipeline(
         Aggregator = aggregator_actor_class()
         aggregator = Aggregator.remote(
             AggregatorConfig(monitor=dict(config.monitor), metrics_port=config.metrics_port,
-                             history=config.history, write_codes=config.write_codes, dead_letter=config.dead_letter),
+                             history=config.history, write_codes=config.write_codes, dead_letter=config.dead_letter,
+                             collect_metrics=config.pushgateway is not None,
+                             reference_history=config.reference_history),
             infos[0]["concept_names"], infos[0]["concept_space"])
         metrics_address = _startup_get([aggregator.metrics_address.remote()], "the aggregator actor")[0]
         if "actors" in hooks:
@@ -342,8 +373,14 @@ def run_pipeline(
                 ray.get(aggregator.save_checkpoint.remote(job, source.checkpoint(), True))
             if config.linger_s > 0:
                 stop.wait(config.linger_s)
+        pushed_to = push_error = None
+        if config.pushgateway and stopped_by == "end":
+            try:
+                ray.get(aggregator.push_metrics.remote(config.pushgateway, config.push_job, {"run": config.run_id}))
+                pushed_to = config.pushgateway
+            except Exception as exc:  # the windows and history are written; report the failed push, do not lose them
+                push_error = _short(exc)
         summary = ray.get(aggregator.summary.remote())
-        
         alarms = ray.get(aggregator.recent_alarms.remote(1000))
         ray.get(aggregator.close.remote())
         return RunSummary(
@@ -362,6 +399,9 @@ def run_pipeline(
             nonconverged=summary["nonconverged"],
             metrics_address=metrics_address,
             checkpoint=source.checkpoint(),
+            alarms_resolved=summary["alarms_resolved"],
+            pushed_to=pushed_to,
+            push_error=push_error,
         )
     finally:
         for signum, handler in previous_handlers.items():
@@ -375,6 +415,18 @@ def run_pipeline(
                     pass
         if started_ray:
             ray.shutdown()
+
+
+def check_history_reference(store: str, start: float, end: float) -> None:
+    """ConfigError unless ``store`` is a history store holding images with window start in [start, end)."""
+    from monitor.history import HistoryStore, NoDataError
+
+    hist = HistoryStore.open(store)  # ConfigError naming the location when there is no store
+    try:
+        hist.merged_window(stream=None, start=start, end=end)
+    except NoDataError as exc:
+        raise ConfigError(f"--reference history: {exc}; streams stored: {hist.streams() or 'none'} (check "
+                          f"--reference-from/--reference-to)") from None
 
 
 def _install_stop_handlers(stop: threading.Event) -> dict:

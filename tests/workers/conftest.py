@@ -155,3 +155,46 @@ def add_captions(client, key: str, n: int, seed: int = 0) -> list[str]:
     for c in CaptionStream(n=n, seed=seed):
         pipe.xadd(key, {"text": c.text, "ts": repr(c.timestamp), "topic": c.topic})
     return [i.decode() for i in pipe.execute()]
+
+
+@pytest.fixture
+def pushgateway():
+    """URL of Debian's real prometheus-pushgateway on a free loopback port, stopped at the end of the test."""
+    import urllib.request
+
+    exe = shutil.which("prometheus-pushgateway")
+    if exe is None:
+        pytest.skip("needs Debian's prometheus-pushgateway (apt-get install prometheus-pushgateway)")
+    port = _free_port()
+    proc = subprocess.Popen([exe, f"--web.listen-address=127.0.0.1:{port}"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 15
+        while True:
+            try:
+                with urllib.request.urlopen(f"{url}/-/ready", timeout=2):
+                    break
+            except OSError:
+                if time.monotonic() > deadline or proc.poll() is not None:
+                    raise RuntimeError(f"prometheus-pushgateway did not start on port {port}")
+                time.sleep(0.1)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def pushed_samples(gateway: str, name: str, **labels: str) -> list[float]:
+    """Values of the samples called ``name`` whose labels include ``labels``, as the Pushgateway serves them."""
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(f"{gateway}/metrics", timeout=5) as r:
+        text = r.read().decode()
+    return [s.value for fam in text_string_to_metric_families(text) for s in fam.samples
+            if s.name == name and all(s.labels.get(k) == v for k, v in labels.items())]

@@ -4,6 +4,7 @@ a stop request commits what is in flight, acknowledges it and flushes."""
 
 from __future__ import annotations
 
+import re
 import threading
 import urllib.request
 
@@ -132,6 +133,11 @@ def test_demo_runs_offline_and_names_the_new_topic(ray_local, test_vocab, cache_
     out = capsys.readouterr().out
     assert rc == 0
     assert "images counted: 900" in out
+    assert "modality mean calibrated on the first 300 (reference) captions" in out
+    fired, resolved = map(int, re.search(r"alarms:\s+(\d+) fired, (\d+) resolved", out).groups())
+    assert fired >= 1 and fired == sum(l.startswith("ALARM") for l in out.splitlines())
+    assert resolved == sum(l.startswith("resolved:") for l in out.splitlines())
+    assert "p<=" in out  # labelled as the bound it is (exp(-evidence), uncorrected)
     rising = next(l for l in out.splitlines() if l.startswith("rising concepts"))
     assert {"snow", "snowy", "winter", "ski", "skier", "icy"} & set(rising.split(": ", 1)[1].split(", "))
     assert "Prometheus metrics at http://" in out

@@ -34,8 +34,14 @@ def add_window_arguments(p: argparse.ArgumentParser, *, window: str = "1h", refe
                         "default %(default)s")
     g.add_argument("--window-view", type=int, default=1, help="closed windows merged into the tested view")
     g.add_argument("--allowed-lateness", type=float, default=0.0, help="seconds a time window waits for late events")
-    g.add_argument("--reference", choices=("fixed", "trailing"), default="fixed",
-                   help="fixed: the stream's first --reference-images images; trailing: the windows before")
+    g.add_argument("--reference", choices=("fixed", "trailing", "history"), default="fixed",
+                   help="fixed: the stream's first --reference-images images; trailing: the windows before; "
+                        "history: the windows stored between --reference-from and --reference-to")
+    g.add_argument("--reference-from", default=None,
+                   help="start of the history reference period (ISO-8601, e.g. 2026-01-01T00:00Z, or unix seconds)")
+    g.add_argument("--reference-to", default=None, help="end (exclusive) of the history reference period")
+    g.add_argument("--reference-store", default=None,
+                   help="history store holding the reference period (default: --history)")
     g.add_argument("--reference-images", type=int, default=reference_images,
                    help="size of the fixed reference (default: %(default)s)")
     g.add_argument("--ert", type=float, default=None,
@@ -75,6 +81,34 @@ def monitor_options(args: argparse.Namespace) -> dict:
     if args.ert is not None:
         opts["drift"] = {"ert": args.ert}
     return opts
+
+
+def reference_spec(args: argparse.Namespace) -> dict | None:
+    """{"store", "start", "end"} for ``--reference history`` (None otherwise); the flags are checked here so a bad
+    value is a clear start-up error naming the flag."""
+    from monitor.history import parse_time
+
+    given = [f for f, v in (("--reference-from", args.reference_from), ("--reference-to", args.reference_to),
+                            ("--reference-store", args.reference_store)) if v is not None]
+    if args.reference != "history":
+        if given:
+            raise ConfigError(f"{given[0]} needs --reference history (got --reference {args.reference})")
+        return None
+    if args.reference_from is None or args.reference_to is None:
+        raise ConfigError("--reference history needs --reference-from and --reference-to (ISO-8601 or unix seconds)")
+    store = args.reference_store or getattr(args, "history", None)
+    if not store:
+        raise ConfigError("--reference history needs a history store: pass --reference-store DIR (or --history DIR)")
+    bounds = []
+    for flag, value in (("--reference-from", args.reference_from), ("--reference-to", args.reference_to)):
+        try:
+            bounds.append(parse_time(value, name=flag))
+        except ValueError as exc:
+            raise ConfigError(f"{flag}: {exc}") from None
+    if not bounds[0] < bounds[1]:
+        raise ConfigError(f"--reference-from must be before --reference-to, got {args.reference_from!r} and "
+                          f"{args.reference_to!r}")
+    return {"store": str(store), "start": bounds[0], "end": bounds[1]}
 
 
 def worker_config(args: argparse.Namespace):

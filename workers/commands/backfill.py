@@ -7,7 +7,7 @@ import argparse
 import sys
 
 from workers.commands._common import (add_model_arguments, add_ray_arguments, add_window_arguments,
-                                      monitor_options, worker_config)
+                                      monitor_options, reference_spec, worker_config)
 
 
 def register(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -23,6 +23,9 @@ def register(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--write-codes", action="store_true", help="store every item's sparse code too")
     p.add_argument("--dead-letter", default=None, help="dead-letter sink URI (see run --help)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--pushgateway", default=None,
+                   help="at the end push the run's metrics to this Prometheus Pushgateway (http://host:9091), job "
+                        "splice-backfill, grouping label run=<job id>")
     add_model_arguments(p)
     add_window_arguments(p, window="1h")
     add_ray_arguments(p, batch_size=128)
@@ -40,7 +43,7 @@ def default_job_id(source: str) -> str:
 
 def run(args: argparse.Namespace) -> int:
     from monitor.errors import ConfigError
-    from workers.commands.run import print_alarm
+    from workers.commands.run import print_alarm, report_push
     from workers.pipeline import PipelineConfig, run_pipeline
     from workers.sources import open_source
 
@@ -56,7 +59,9 @@ def run(args: argparse.Namespace) -> int:
             max_in_flight=args.max_in_flight, monitor=monitor_options(args), metrics_port=None,
             history=args.history, write_codes=args.write_codes, dead_letter=args.dead_letter,
             ray_address=args.ray_address, kind=args.kind, stream=args.stream,
-            checkpoint_job=args.job_id or default_job_id(args.source), restart=args.restart)
+            reference_history=reference_spec(args),
+            checkpoint_job=args.job_id or default_job_id(args.source), restart=args.restart,
+            pushgateway=args.pushgateway, push_job="splice-backfill")
     except ConfigError as exc:
         print(f"splice-monitor backfill: {exc}", file=sys.stderr)
         return 2
@@ -95,4 +100,4 @@ def run(args: argparse.Namespace) -> int:
     if summary.stopped_by == "signal":
         print(f"backfill interrupted; run the same command again to resume ({config.checkpoint_job})",
               file=sys.stderr)
-    return 0
+    return report_push(summary, "backfill")

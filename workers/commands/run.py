@@ -7,7 +7,7 @@ import argparse
 import sys
 
 from workers.commands._common import (add_model_arguments, add_ray_arguments, add_window_arguments,
-                                      monitor_options, worker_config)
+                                      monitor_options, reference_spec, worker_config)
 
 
 def register(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -26,6 +26,11 @@ def register(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--write-codes", action="store_true", help="also store every item's sparse code in history")
     p.add_argument("--dead-letter", default=None,
                    help="dead-letter sink: redis://host:6379/0?stream=KEY or parquet:///dir (default: count only)")
+    p.add_argument("--pushgateway", default=None,
+                   help="push the final metrics to this Prometheus Pushgateway (http://host:9091) when a finite "
+                        "source ends (job splice-run, grouping label run=--job-id)")
+    p.add_argument("--job-id", default=None,
+                   help="the run's name: the Pushgateway grouping label run=... (default: derived from --source)")
     add_model_arguments(p)
     add_window_arguments(p)
     add_ray_arguments(p)
@@ -41,14 +46,17 @@ def build_config(args: argparse.Namespace):
         cpus_per_worker=args.cpus_per_worker, batch_size=args.batch_size, max_in_flight=args.max_in_flight,
         monitor=monitor_options(args), metrics_port=None if args.metrics_port < 0 else args.metrics_port,
         history=args.history, write_codes=args.write_codes, dead_letter=args.dead_letter,
-        ray_address=args.ray_address, kind=args.kind, stream=args.stream)
+        ray_address=args.ray_address, kind=args.kind, stream=args.stream,
+        reference_history=reference_spec(args), pushgateway=args.pushgateway,
+        push_job="splice-run", push_run_id=args.job_id)
 
 
 def print_alarm(alarm) -> None:
     if alarm.state == "resolved":
         print(f"resolved: {alarm.describe()}", flush=True)
     else:
-        print(f"ALARM {alarm.describe()}  (effect {alarm.effect_size:.3g}, p={alarm.p_value:.2g})", flush=True)
+        # p_value is exp(-evidence) of the sequential test: an uncorrected per-test bound, not a calibrated p-value
+        print(f"ALARM {alarm.describe()}  (effect {alarm.effect_size:.3g}, p<={alarm.p_value:.2g})", flush=True)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -73,4 +81,12 @@ def run(args: argparse.Namespace) -> int:
         print(f"splice-monitor run: {exc}", file=sys.stderr)
         return 2
     print(summary.format())
+    return report_push(summary, "run")
+
+
+def report_push(summary, command: str) -> int:
+    """Exit status after a run: 1 when the final push to the Pushgateway failed (the run itself completed)."""
+    if summary.push_error:
+        print(f"splice-monitor {command}: pushing the final metrics failed: {summary.push_error}", file=sys.stderr)
+        return 1
     return 0

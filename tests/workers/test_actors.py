@@ -1,0 +1,100 @@
+"""The aggregator core without Ray: a batch carrying streams beyond the stream limit changes no state for those
+streams, dead-letters their items as bad records naming the limit, counts the rest, and records the commit once."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from monitor.records import ItemMeta, SparseCodes
+from monitor.streams import DEFAULT_MAX_STREAMS
+from monitor.worker import Partial
+from workers.actors import AggregatorConfig, AggregatorCore
+
+NAMES = [f"concept{j}" for j in range(12)]
+MONITOR = {"window": {"kind": "count", "size": 50}, "reference": {"mode": "fixed", "n_images": 100}}
+
+
+def _partial(streams: list[str], prefix: str = "i", seed: int = 0) -> Partial:
+    rng = np.random.default_rng(seed)
+    n = len(streams)
+    dense = np.where(rng.random((n, len(NAMES))) < 0.3, rng.random((n, len(NAMES))), 0.0)
+    codes = SparseCodes.from_dense(dense, fidelity=np.full(n, 0.9), l1=0.25)
+    items = [ItemMeta(id=f"{prefix}{k}", timestamp=1000.0 + k, stream=s) for k, s in enumerate(streams)]
+    return Partial(codes=codes, items=items)
+
+
+def _images_total(agg: AggregatorCore) -> float:
+    return sum(s.value for fam in agg.metrics.registry.collect() for s in fam.samples
+               if s.name == "splice_images_total")
+
+
+def test_streams_beyond_the_metrics_limit_are_dead_lettered_and_a_retry_counts_nothing_twice():
+    agg = AggregatorCore(AggregatorConfig(monitor=MONITOR, metrics_port=0, metrics_host="127.0.0.1"), NAMES, "space")
+    try:
+        streams = [f"cam-{k}" for k in range(70)]
+        first = agg.commit(1, _partial(streams))
+        assert (first.counted, first.dead_letters, first.duplicate) == (DEFAULT_MAX_STREAMS, 70 - DEFAULT_MAX_STREAMS,
+                                                                         False)
+        again = agg.commit(1, _partial(streams))
+        assert again.duplicate and again.counted == 0 and again.dead_letters == 0
+        s = agg.summary()
+        assert s["images"] == DEFAULT_MAX_STREAMS and s["batches"] == 1 and s["duplicate_batches"] == 1
+        assert s["dead_letters"] == {"bad_record": 70 - DEFAULT_MAX_STREAMS}
+        assert len(agg.monitor.streams()) == DEFAULT_MAX_STREAMS and len(agg.metrics.streams) == DEFAULT_MAX_STREAMS
+        assert sum(agg.monitor.status(st).n_images for st in agg.monitor.streams()) == DEFAULT_MAX_STREAMS
+        assert _images_total(agg) == DEFAULT_MAX_STREAMS
+        refused = {d.stream for d in agg.recent_dead_letters()}
+        assert refused == set(streams[DEFAULT_MAX_STREAMS:])
+        detail = agg.recent_dead_letters()[0].detail
+        assert str(DEFAULT_MAX_STREAMS) in detail and "max_streams" in detail
+    finally:
+        agg.close()
+
+
+def test_the_smaller_of_the_monitor_and_metrics_limits_applies_and_names_its_setting():
+    agg = AggregatorCore(AggregatorConfig(monitor={**MONITOR, "max_streams": 3}, metrics_port=0,
+                                          metrics_host="127.0.0.1"), NAMES, "space")
+    try:
+        assert agg.stream_limit()[0] == 3 and "MonitorConfig.max_streams" in agg.stream_limit()[1]
+        # the over-limit streams sit in the middle of the batch: the known streams after them still count
+        result = agg.commit(1, _partial(["a", "b", "c", "d", "e", "a", "c"]))
+        assert (result.counted, result.dead_letters) == (5, 2)
+        assert sorted(agg.summary()["streams"].items()) == [("a", 2), ("b", 1), ("c", 2)]
+        assert {d.stream for d in agg.recent_dead_letters()} == {"d", "e"}
+        assert "limit of 3 streams" in agg.recent_dead_letters()[0].detail
+        # later batches: known streams go on, new ones are still refused
+        later = agg.commit(2, _partial(["b", "f"], prefix="j"))
+        assert (later.counted, later.dead_letters) == (1, 1)
+        assert agg.summary()["images"] == 6 and agg.summary()["dead_letters_total"] == 3
+    finally:
+        agg.close()
+    big = AggregatorCore(AggregatorConfig(monitor={**MONITOR, "max_streams": 500}, metrics_port=0,
+                                          metrics_host="127.0.0.1"), NAMES, "space")
+    try:
+        limit, setting = big.stream_limit()
+        assert limit == DEFAULT_MAX_STREAMS and "MonitorMetrics" in setting
+    finally:
+        big.close()
+
+
+def test_without_metrics_the_monitor_limit_alone_applies():
+    agg = AggregatorCore(AggregatorConfig(monitor={**MONITOR, "max_streams": 2}), NAMES, "space")
+    result = agg.commit(1, _partial(["x", "y", "z", "x"]))
+    assert (result.counted, result.dead_letters) == (3, 1)
+    assert agg.commit(1, _partial(["x", "y", "z", "x"])).duplicate
+    assert agg.summary()["images"] == 3 and agg.summary()["dead_letters"] == {"bad_record": 1}
+
+
+def test_history_reference_loads_each_stored_stream_and_gives_new_streams_all_streams_merged(tmp_path):
+    store = str(tmp_path / "h")
+    writer = AggregatorCore(AggregatorConfig(monitor=MONITOR, history=store), NAMES, "space")
+    writer.commit(1, _partial(["a"] * 100))
+    writer.flush()
+    writer.close()
+    agg = AggregatorCore(AggregatorConfig(monitor=MONITOR, reference_history={"store": store, "start": 0.0,
+                                                                              "end": 2000.0}), NAMES, "space")
+    assert agg.reference_streams == ["a"]
+    assert agg.monitor.status("a").reference_mode == "history" and agg.monitor.status("a").reference_ready
+    agg.commit(1, _partial(["b"] * 10, prefix="b"))
+    status = agg.monitor.status("b")
+    assert status.reference_mode == "history" and status.reference_ready and status.n_images == 10
