@@ -392,9 +392,11 @@ class AggregatorCore:
         if cp is None:
             return None
         if cp.get("monitor_state"):
-            from monitor.streams import ConceptMonitor
-
-            self.monitor = ConceptMonitor.load(self._checkpoint_dir() / cp["monitor_state"])
+            blob = self.history.read_checkpoint_file(cp["monitor_state"])
+            if blob is None:
+                raise RuntimeError(f"checkpoint {job_id!r} names monitor state {cp['monitor_state']!r}, which the "
+                                   f"history store {self.history.location} does not hold; rerun with --restart")
+            self.monitor = _monitor_from_bytes(blob)
         self.counted = int(cp.get("images", 0))
         self.sink.counts.update({k: int(v) for k, v in (cp.get("dead_letters") or {}).items()})
         self.windows_closed = int(cp.get("windows_closed", 0))
@@ -409,31 +411,22 @@ class AggregatorCore:
         ``position``. The state file is written first under a fresh name; the checkpoint record that names it is
         replaced atomically; the previous state file is removed last, so a crash at any point leaves a consistent
         (state, position) pair."""
-        import os
         import uuid
 
         if self.history is None:
             raise ValueError("checkpoints need a history store (--history)")
         self.sink.flush()
-        directory = self._checkpoint_dir()
-        directory.mkdir(parents=True, exist_ok=True)
         old = (self.history.get_checkpoint(job_id) or {}).get("monitor_state")
         name = f"{job_id}.monitor-{uuid.uuid4().hex[:12]}.npz"
-        tmp = directory / f".{name}.tmp"
-        self.monitor.save(tmp)
-        os.replace(tmp, directory / name)
+        # through the store, so the state lives wherever the history does (local disk or an object store)
+        self.history.write_checkpoint_file(name, _monitor_to_bytes(self.monitor))
         self.history.set_checkpoint(job_id, {
             "source": position, "monitor_state": name, "images": self.counted,
             "dead_letters": dict(self.sink.counts), "windows_closed": self.windows_closed,
             "alarms": self.alarm_count, "alarms_resolved": self.alarms_resolved, "done": bool(done),
             "saved_at": time.time()})
         if old and old != name:
-            (directory / old).unlink(missing_ok=True)
-
-    def _checkpoint_dir(self):
-        from pathlib import Path
-
-        return Path(self.config.history) / "checkpoints"
+            self.history.delete_checkpoint_file(old)
 
     def push_metrics(self, gateway: str, job: str, grouping_key: dict[str, str]) -> None:
         """Push the whole metrics registry to a Prometheus Pushgateway (the end of a batch job); a gateway that
@@ -532,6 +525,28 @@ def _exporter_address(exporter, port) -> tuple[str, int]:
 
 def _stop_exporter(exporter) -> None:
     exporter.close()
+
+
+def _monitor_to_bytes(monitor) -> bytes:
+    import tempfile
+    from pathlib import Path
+
+    with tempfile.TemporaryDirectory(prefix="splice-state-") as tmp:
+        path = Path(tmp) / "state.npz"
+        monitor.save(path)
+        return path.read_bytes()
+
+
+def _monitor_from_bytes(blob: bytes):
+    import tempfile
+    from pathlib import Path
+
+    from monitor.streams import ConceptMonitor
+
+    with tempfile.TemporaryDirectory(prefix="splice-state-") as tmp:
+        path = Path(tmp) / "state.npz"
+        path.write_bytes(blob)
+        return ConceptMonitor.load(path)
 
 
 def _make_history(root: str, concept_names: list[str], concept_space: str):

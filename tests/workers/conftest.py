@@ -166,7 +166,8 @@ def pushgateway():
     if exe is None:
         pytest.skip("needs Debian's prometheus-pushgateway (apt-get install prometheus-pushgateway)")
     port = _free_port()
-    proc = subprocess.Popen([exe, f"--web.listen-address=127.0.0.1:{port}"],
+    # in memory only: the Debian default file is shared by every gateway started on this machine
+    proc = subprocess.Popen([exe, f"--web.listen-address=127.0.0.1:{port}", "--persistence.file="],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
     try:

@@ -98,3 +98,25 @@ def test_history_reference_loads_each_stored_stream_and_gives_new_streams_all_st
     agg.commit(1, _partial(["b"] * 10, prefix="b"))
     status = agg.monitor.status("b")
     assert status.reference_mode == "history" and status.reference_ready and status.n_images == 10
+
+
+def test_checkpoint_state_lives_in_the_history_store_even_behind_a_uri(tmp_path, monkeypatch):
+    # a file:// root goes through the store's pyarrow filesystem layer, like s3:// would; nothing may be written
+    # to a local folder named after the URI
+    monkeypatch.chdir(tmp_path)
+    root = tmp_path / "hist"
+    uri = root.as_uri()
+    agg = AggregatorCore(AggregatorConfig(monitor=MONITOR, history=uri), NAMES, "space")
+    for seq in range(1, 4):
+        agg.commit(seq, _partial(["cam"] * 40, prefix=f"b{seq}-", seed=seq))
+    agg.save_checkpoint("job", {"offset": 120})
+    agg.commit(4, _partial(["cam"] * 40, prefix="b4-", seed=4))
+    agg.save_checkpoint("job", {"offset": 160})  # replaces the first state blob
+
+    restored = AggregatorCore(AggregatorConfig(monitor=MONITOR, history=uri), NAMES, "space")
+    cp = restored.load_checkpoint("job")
+    assert cp["source"] == {"offset": 160} and restored.summary()["images"] == 160
+    assert restored.monitor.status("cam").n_images == agg.monitor.status("cam").n_images == 160
+    blobs = sorted(p.name for p in (root / "checkpoints").iterdir() if p.name.endswith(".npz"))
+    assert blobs == [cp["monitor_state"]]  # the superseded state was deleted
+    assert not (tmp_path / "file:").exists()
