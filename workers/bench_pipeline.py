@@ -9,12 +9,13 @@ from __future__ import annotations
 import argparse
 import io
 import os
-import platform
 import tempfile
 import time
 from datetime import datetime, timezone
 
 import numpy as np
+
+from monitor.benchmarks import cpu_model as _cpu_model
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -53,17 +54,6 @@ def _jpegs(n: int, size: int, seed: int) -> list[bytes]:
         Image.fromarray(img).save(buf, format="JPEG", quality=90)
         out.append(buf.getvalue())
     return out
-
-
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def _device_name(device: str | None) -> str:

@@ -10,11 +10,12 @@ from __future__ import annotations
 import argparse
 import datetime as _dt
 import math
-import platform
 import time
 from typing import Any
 
 import numpy as np
+
+from monitor.benchmarks import cpu_model as _cpu_model
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -38,17 +39,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--min-prevalence-change", type=float, default=0.0,
                         help="DriftConfig.min_prevalence_change: absolute prevalence floor for prevalence alarms "
                              "(default 0.0, off)")
-
-
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def _config(args, ert: float | None = None):

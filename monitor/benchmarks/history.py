@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import shutil
 import statistics
 import tempfile
@@ -17,6 +16,8 @@ import time
 from pathlib import Path
 
 import numpy as np
+
+from monitor.benchmarks import cpu_model as _cpu_model
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -28,16 +29,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--repeats", type=int, default=3, help="timed repeats per query; the median is reported")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--dir", help="build the store here and keep it (default: a temporary directory, removed)")
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def _timed(fn, repeats: int) -> tuple[float, float, object]:

@@ -7,11 +7,12 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import time
 from datetime import datetime, timezone
 
 import numpy as np
+
+from monitor.benchmarks import cpu_model as _cpu_model
 
 TARGET_MS = 100.0
 
@@ -27,17 +28,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--skip-unbounded", action="store_true",
                         help="skip the variant that exports every concept")
     parser.add_argument("--seed", type=int, default=0)
-
-
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def _codes(rng: np.random.Generator, n: int, c: int, l0: int = 20):

@@ -9,12 +9,12 @@ from __future__ import annotations
 import argparse
 import datetime as _dt
 import os
-import platform
 import time
 from pathlib import Path
 from typing import Any
 
 from monitor.errors import ConfigError
+from monitor.benchmarks import cpu_model as _cpu_model
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -245,12 +245,3 @@ def _encoder(args: argparse.Namespace, device) -> dict[str, Any]:
     }
 
 
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
