@@ -90,3 +90,42 @@ def tiny_vocab():
     from monitor.vocab import Vocabulary
 
     return Vocabulary(tuple(TINY_CONCEPTS), source="tests:tiny")
+
+
+@pytest.fixture
+def pushgateway():
+    """URL of Debian's real prometheus-pushgateway on a free loopback port, stopped at the end of the test."""
+    import shutil
+    import subprocess
+    import time
+    import urllib.request
+
+    exe = shutil.which("prometheus-pushgateway")
+    if exe is None:
+        pytest.skip("needs Debian's prometheus-pushgateway (apt-get install prometheus-pushgateway)")
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    # in memory only: the Debian default file is shared by every gateway started on this machine
+    proc = subprocess.Popen([exe, f"--web.listen-address=127.0.0.1:{port}", "--persistence.file="],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 15
+        while True:
+            try:
+                with urllib.request.urlopen(f"{url}/-/ready", timeout=2):
+                    break
+            except OSError:
+                if time.monotonic() > deadline or proc.poll() is not None:
+                    raise RuntimeError(f"prometheus-pushgateway did not start on port {port}")
+                time.sleep(0.1)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()

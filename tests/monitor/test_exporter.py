@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import shutil
 import socket
-import subprocess
-import time
 import urllib.request
 
 import numpy as np
@@ -18,7 +15,6 @@ from monitor.exporter import MetricsExporter, delete_pushed_metrics, push_metric
 from monitor.metrics import MonitorMetrics
 from monitor.records import SparseCodes
 
-PUSHGATEWAY = shutil.which("prometheus-pushgateway")
 
 
 def _free_port() -> int:
@@ -72,32 +68,6 @@ def test_exporter_on_a_busy_port_names_host_and_port():
             MetricsExporter(CollectorRegistry(), host="127.0.0.1", port=port)
     with pytest.raises(ConfigError, match="port must be an integer in"):
         MetricsExporter(CollectorRegistry(), port=70000)
-
-
-@pytest.fixture
-def pushgateway():
-    if PUSHGATEWAY is None:
-        pytest.skip("needs Debian's prometheus-pushgateway (apt-get install prometheus-pushgateway)")
-    port = _free_port()
-    # Debian's build persists to /var/lib/prometheus/pushgateway.data by default, shared by every gateway on the
-    # machine: an empty file name keeps this one in memory, so it starts empty and leaves nothing behind
-    proc = subprocess.Popen([PUSHGATEWAY, f"--web.listen-address=127.0.0.1:{port}", "--persistence.file="],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 15
-        while True:
-            try:
-                _get(f"{url}/-/ready")
-                break
-            except OSError:
-                if time.monotonic() > deadline or proc.poll() is not None:
-                    raise RuntimeError("prometheus-pushgateway did not start")
-                time.sleep(0.1)
-        yield url
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
 
 
 def test_push_replaces_the_group_and_delete_removes_it(pushgateway):
