@@ -317,7 +317,6 @@ def test_run_accepts_the_chart_command_line(render, value_set):
     from monitor import cli
 
     parser = cli.build_parser()
-    subparsers = next(a for a in parser._actions if a.__class__.__name__ == "_SubParsersAction")
     args = [a.replace("$(SPLICE_SOURCE)", "redis://redis:6379/0").replace("$(SPLICE_DEAD_LETTER)", "redis://r:6379/1")
             for a in _run_args(render(VALUE_SETS[value_set]))]
     parsed = parser.parse_args(args)

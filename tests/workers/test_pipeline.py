@@ -8,8 +8,6 @@ import re
 import threading
 import urllib.request
 
-import pytest
-
 from monitor.history import HistoryStore
 from monitor.cli import main as cli_main
 from tests.workers.conftest import add_captions, caption_parquet
