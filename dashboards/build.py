@@ -1,5 +1,5 @@
 """Grafana dashboards of splice-monitor as code (grafana-foundation-sdk 1769699998!10.1.0): overview, concept
-explorer and pipeline health. Every query is PromQL over the names in monitor.metrics.METRICS and the recording
+explorer and pipeline health. Every query is PromQL over the names in monitor.metrics.families.METRICS and the recording
 rules of dashboards.ruleset, so tests can run each one against a real Prometheus."""
 
 from __future__ import annotations

@@ -1,7 +1,23 @@
-"""Error types shared across the core: per-item bad input (dead-lettered, stream goes on) versus configuration
-errors (fail at start-up with a message naming the parameter, the value and what is allowed)."""
+"""Every error, warning and dead-letter reason of splice-monitor, in one place (like scikit-learn's
+``exceptions.py``).
+
+Two kinds of failure, handled differently:
+
+- per-item bad input (:class:`BadInput`): the item is dead-lettered with one of :data:`DEAD_LETTER_REASONS` and the
+  stream goes on;
+- errors that stop a command (:class:`SpliceError` and its subclasses): the CLI prints one line naming what failed
+  and what to do, and exits with the class's ``exit_code``.
+
+Configuration problems raise :class:`ConfigError`, which is also a ``ValueError`` so that library callers who catch
+``ValueError`` keep working.
+"""
 
 from __future__ import annotations
+
+__all__ = [
+    "DEAD_LETTER_REASONS", "BadInput", "SpliceError", "ConfigError", "NoDataError", "PipelineError",
+    "ConvergenceWarning", "DuplicateConceptWarning", "RandomWeightsWarning", "UncalibratedMeanWarning",
+]
 
 # The closed set of dead-letter reasons. Metrics label dead letters by these codes only, so the label set stays
 # bounded whatever the input; the human-readable detail travels with the dead-lettered item instead.
@@ -30,5 +46,43 @@ class BadInput(ValueError):
         self.detail = detail
 
 
-class ConfigError(ValueError):
-    """A configuration problem found at start-up (wrong dimension, unknown model, missing file, ...)."""
+class SpliceError(Exception):
+    """Base of the errors that stop a command; the CLI prints the message on one line and exits ``exit_code``."""
+
+    exit_code: int = 1
+
+
+class ConfigError(SpliceError, ValueError):
+    """A configuration problem found at start-up (wrong dimension, unknown model, missing file, bad option value).
+
+    The message names the parameter, the value and what is allowed."""
+
+    exit_code = 2
+
+
+class NoDataError(SpliceError, LookupError):
+    """The store holds nothing for the requested streams, time range or slice (or lacks a table, e.g. codes)."""
+
+    exit_code = 2
+
+
+class PipelineError(SpliceError, RuntimeError):
+    """The pipeline cannot go on (the aggregator died, or a batch failed on every retry)."""
+
+    exit_code = 1
+
+
+class ConvergenceWarning(UserWarning):
+    """Some rows stopped before their relative duality gap reached the tolerance; the message carries the numbers."""
+
+
+class DuplicateConceptWarning(UserWarning):
+    """A vocabulary file lists the same concept more than once (the copies are dropped)."""
+
+
+class RandomWeightsWarning(UserWarning):
+    """An open_clip model was built with random weights because no pretrained weights were named."""
+
+
+class UncalibratedMeanWarning(UserWarning):
+    """Decomposing without a modality mean estimated from the user's own data."""

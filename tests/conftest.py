@@ -62,7 +62,7 @@ def splice_cache_dir() -> Path:
 
 @pytest.fixture(scope="session")
 def minilm_encoder(minilm_path):
-    from monitor.encoders import create_encoder
+    from monitor.concepts.encoders import create_encoder
 
     _limit_threads()
     return create_encoder("minilm", device="cpu")
@@ -70,8 +70,8 @@ def minilm_encoder(minilm_path):
 
 @pytest.fixture(scope="session")
 def minilm_decomposer(minilm_encoder, splice_cache_dir):
-    from monitor.dictionary import build_dictionary
-    from monitor.splice import Decomposer
+    from monitor.concepts.dictionary import build_dictionary
+    from monitor.concepts.decomposer import Decomposer
 
     dictionary = build_dictionary(minilm_encoder, None, cache_dir=splice_cache_dir)
     return minilm_encoder, Decomposer(dictionary, dictionary.vocab_mean, device="cpu", mean_source="vocab")
@@ -79,7 +79,7 @@ def minilm_decomposer(minilm_encoder, splice_cache_dir):
 
 @pytest.fixture(scope="session")
 def tiny_clip():
-    from monitor.encoders import create_encoder
+    from monitor.concepts.encoders import create_encoder
 
     _limit_threads()
     return create_encoder("ViT-S-32", "random", device="cpu", batch_size=8)
@@ -87,7 +87,7 @@ def tiny_clip():
 
 @pytest.fixture
 def tiny_vocab():
-    from monitor.vocab import Vocabulary
+    from monitor.concepts.vocab import Vocabulary
 
     return Vocabulary(tuple(TINY_CONCEPTS), source="tests:tiny")
 

@@ -1,4 +1,4 @@
-"""Ray actors of the pipeline: a Worker actor wrapping the core ``monitor.worker.Worker`` and an Aggregator actor that
+"""Ray actors of the pipeline: a Worker actor wrapping the core ``workers.core.Worker`` and an Aggregator actor that
 commits batch contributions exactly once and owns windows, reference, drift tests, metrics, history and dead letters.
 
 Both are plain classes first (``WorkerHost``, ``AggregatorCore``) so they run and are tested without Ray; the Ray
@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from monitor.records import Alarm, ItemMeta, SparseCodes, WindowSummary
-from monitor.worker import DeadLetter, Partial, Worker, WorkerConfig
+from workers.core import DeadLetter, Partial, Worker, WorkerConfig
 
 __all__ = ["WorkerHost", "AggregatorConfig", "AggregatorCore", "CommitResult", "worker_actor_class",
            "aggregator_actor_class"]
@@ -259,7 +259,7 @@ class AggregatorCore:
         """Each stream stored in [start, end) gets its own merged windows as reference; a stream the store does not
         hold is compared with all stored streams merged. No stored images in the range is a ConfigError."""
         from monitor.errors import ConfigError
-        from monitor.history import HistoryStore, NoDataError
+        from monitor.history.store import HistoryStore, NoDataError
 
         hist = HistoryStore.open(store)
         if list(hist.concept_names) != self.concept_names:
@@ -431,7 +431,7 @@ class AggregatorCore:
     def push_metrics(self, gateway: str, job: str, grouping_key: dict[str, str]) -> None:
         """Push the whole metrics registry to a Prometheus Pushgateway (the end of a batch job); a gateway that
         cannot be reached is a ConnectionError naming it."""
-        from monitor.exporter import push_metrics
+        from monitor.metrics.exporter import push_metrics
 
         if self.metrics is None:
             raise ValueError("no metrics to push: the aggregator was made without metrics (collect_metrics)")
@@ -467,7 +467,7 @@ def monitor_config(options: dict[str, Any], concept_space: str = ""):
     """``MonitorConfig`` from plain options ({"window": {...}, "reference": {...}, "drift": {...}}); bad keys or
     values are a ConfigError naming them."""
     from monitor.errors import ConfigError
-    from monitor.streams import MonitorConfig
+    from monitor.drift.monitor import MonitorConfig
 
     try:
         return MonitorConfig.from_dict({**options, "concept_space": concept_space})
@@ -476,7 +476,7 @@ def monitor_config(options: dict[str, Any], concept_space: str = ""):
 
 
 def _make_monitor(concept_names: list[str], concept_space: str, options: dict[str, Any]):
-    from monitor.streams import ConceptMonitor
+    from monitor.drift.monitor import ConceptMonitor
 
     return ConceptMonitor(concept_names, monitor_config(options, concept_space))
 
@@ -502,8 +502,8 @@ def _make_metrics(concept_names: list[str], port: int | None, host: str):
     served, only kept for a push)."""
     from prometheus_client import CollectorRegistry
 
-    from monitor.exporter import MetricsExporter
-    from monitor.metrics import MonitorMetrics
+    from monitor.metrics.exporter import MetricsExporter
+    from monitor.metrics.families import MonitorMetrics
 
     registry = CollectorRegistry()
     metrics = MonitorMetrics(concept_names, registry=registry)
@@ -541,7 +541,7 @@ def _monitor_from_bytes(blob: bytes):
     import tempfile
     from pathlib import Path
 
-    from monitor.streams import ConceptMonitor
+    from monitor.drift.monitor import ConceptMonitor
 
     with tempfile.TemporaryDirectory(prefix="splice-state-") as tmp:
         path = Path(tmp) / "state.npz"
@@ -550,7 +550,7 @@ def _monitor_from_bytes(blob: bytes):
 
 
 def _make_history(root: str, concept_names: list[str], concept_space: str):
-    from monitor.history import HistoryStore
+    from monitor.history.store import HistoryStore
 
     return HistoryStore(root, concept_space=concept_space, concept_names=concept_names)
 

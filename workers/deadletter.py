@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Iterable
 
 from monitor.errors import ConfigError
-from monitor.worker import DeadLetter
+from workers.core import DeadLetter
 
 __all__ = ["DeadLetterSink", "MemorySink", "ParquetSink", "RedisSink", "open_sink", "read_parquet_dead_letters"]
 

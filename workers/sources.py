@@ -1,6 +1,6 @@
 """Stream sources for the pipeline: a directory of images (optionally followed), Parquet/Arrow files, Redis Streams.
 
-Every source hands out numbered batches of :class:`monitor.worker.WorkItem` and is told ``ack(batch)`` only after
+Every source hands out numbered batches of :class:`workers.core.WorkItem` and is told ``ack(batch)`` only after
 the batch's contribution is committed by the aggregator, so an item is never lost: what is not acknowledged is
 delivered again (Redis: pending entries, reclaimed with XAUTOCLAIM; files: the resume checkpoint).
 URIs: ``dir:///path?glob=*.jpg&follow=1`` (or a plain path), ``parquet:///path/file.parquet?image_column=image``,
@@ -22,7 +22,7 @@ from urllib.parse import parse_qs, unquote, urlparse
 
 from monitor.errors import ConfigError
 from monitor.records import ItemMeta
-from monitor.worker import WorkItem
+from workers.core import WorkItem
 
 __all__ = ["SourceBatch", "Source", "DirectorySource", "ParquetSource", "RedisSource", "open_source", "parse_uri"]
 

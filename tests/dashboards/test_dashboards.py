@@ -12,7 +12,7 @@ import pytest
 
 import dashboards
 from dashboards.build import DASHBOARDS, build_dashboard, dashboard_json, panel_queries, variable_queries
-from monitor.cli import main
+from monitor.cli.main import main
 from tests.dashboards.test_rules import NAME, known_names
 
 

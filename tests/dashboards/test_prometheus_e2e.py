@@ -28,8 +28,8 @@ from prometheus_client import CollectorRegistry
 import dashboards
 from dashboards.build import DASHBOARDS, dashboard_json, panel_queries, variable_queries
 from dashboards.ruleset import RuleConfig, build_grafana_alerting, build_rules, dump_yaml
-from monitor.exporter import MetricsExporter, delete_pushed_metrics, push_metrics
-from monitor.metrics import MonitorMetrics
+from monitor.metrics.exporter import MetricsExporter, delete_pushed_metrics, push_metrics
+from monitor.metrics.families import MonitorMetrics
 from monitor.records import Alarm, SparseCodes, WindowSummary
 
 PROMETHEUS = shutil.which("prometheus")

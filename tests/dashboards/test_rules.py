@@ -12,7 +12,7 @@ import yaml
 
 import dashboards
 from dashboards.ruleset import RECORDS, RuleConfig, alert_specs, build_grafana_alerting, build_rules
-from monitor.metrics import METRICS
+from monitor.metrics.families import METRICS
 
 PROMTOOL = shutil.which("promtool")
 RULES = dashboards.PACKAGE_DIR / dashboards.RULES_FILE

@@ -3,95 +3,12 @@ schemas from ../shared/crds that custom resources are checked against."""
 
 from __future__ import annotations
 
-import copy
-from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
-REPO = Path(__file__).resolve().parents[2]
-CHART_DIR = REPO / "helm" / "splice-monitor"
-RULES_FILE = REPO / "dashboards" / "rules" / "splice-monitor.rules.yaml"
-GENERATED_DIR = REPO / "dashboards" / "generated"
-CRDS_DIR = REPO.parent / "shared" / "crds"
-RELEASE = "sm"
-NAMESPACE = "monitoring-test"
-# Recent Kubernetes whose strict schemas kubernetes-validate ships; the chart's kubeVersion floor is older.
-KUBE_VERSION = "1.35.0"
-
-CRD_FILES = {
-    ("ray.io/v1", "RayCluster"): "ray.io_rayclusters.yaml",
-    ("ray.io/v1", "RayJob"): "ray.io_rayjobs.yaml",
-    ("monitoring.coreos.com/v1", "PodMonitor"): "monitoring.coreos.com_podmonitors.yaml",
-    ("monitoring.coreos.com/v1", "ServiceMonitor"): "monitoring.coreos.com_servicemonitors.yaml",
-    ("monitoring.coreos.com/v1", "PrometheusRule"): "monitoring.coreos.com_prometheusrules.yaml",
-}
-
-# The matrix every rendered object is validated under: the deployments users actually choose between.
-VALUE_SETS: dict[str, dict[str, Any]] = {
-    "defaults": {},
-    "cpu-only": {
-        "ray": {"worker": {"groupName": "cpu", "gpus": 0, "tolerations": [],
-                           "resources": {"requests": {"cpu": "4", "memory": "8Gi"},
-                                         "limits": {"cpu": "4", "memory": "8Gi"}}}},
-    },
-    "gpu-multi": {
-        "imagePullSecrets": [{"name": "regcred"}],
-        "monitor": {"workers": 8, "gpusPerWorker": 0.5},
-        "ray": {"worker": {"gpus": 4, "replicas": 1, "minReplicas": 0, "maxReplicas": 2,
-                           "nodeSelector": {"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"}}},
-    },
-    "existing-secret": {
-        "source": {"uri": "", "existingSecret": {"name": "stream-uri", "key": "uri"}},
-    },
-    "redis-password": {
-        "source": {"uri": "rediss://monitor@redis.data.svc:6380/0", "passwordSecret": {"name": "redis-auth"},
-                   "deadLetter": "redis://redis.data.svc:6379/1"},
-    },
-    "object-store": {
-        "history": {"type": "objectStore",
-                    "objectStore": {"uri": "s3://splice/history", "endpoint": "http://minio.minio.svc:9000",
-                                    "region": "eu-west-1", "credentialsSecret": "splice-s3"}},
-        "model": {"source": "pvc", "pvc": {"existingClaim": "clip-weights", "subPath": "open_clip"}},
-        "monitor": {"pretrained": "/models/ViT-B-32.pt", "mean": "/models/mean-cam7.npy"},
-        "vocabulary": {"inline": "snow\nbeach\nfire truck\n"},
-        "scratch": {"cacheExistingClaim": "splice-cache"},
-    },
-    "monitors-disabled": {
-        "metrics": {"serviceMonitor": {"enabled": False}, "podMonitor": {"enabled": False},
-                    "rayPodMonitor": {"enabled": False}, "prometheusRule": {"enabled": False}},
-        "grafana": {"dashboards": {"enabled": False}},
-        "networkPolicy": {"enabled": False},
-        "serviceAccount": {"create": False},
-    },
-    "podmonitor-grafana-alerting": {
-        "metrics": {"serviceMonitor": {"enabled": False}, "podMonitor": {"enabled": True}},
-        "monitoring": {"release": "prom", "labels": {"team": "vision"}},
-        "grafana": {"alerting": {"enabled": True}, "dashboards": {"namespace": "grafana"}},
-        "model": {"source": "initContainer",
-                  "initContainer": {"command": ["sh", "-c"], "args": ["cp -r /seed/. \"$MODEL_DIR\""]}},
-        "vocabulary": {"existingConfigMap": "my-vocab", "key": "concepts.txt"},
-    },
-    "rayjob": {
-        "driver": {"kind": "RayJob", "rayJob": {"activeDeadlineSeconds": 86400}},
-        "source": {"uri": "parquet:///data/frames-2026-03.parquet", "pvc": {"existingClaim": "archive"}},
-        "metrics": {"serviceMonitor": {"enabled": False}, "podMonitor": {"enabled": True}},
-        "vocabulary": {"inline": "snow\nrain\n"},
-    },
-}
-
-
-def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
-    """Values merge the way Helm coalesces them: maps merge, everything else is replaced."""
-    merged = copy.deepcopy(base)
-    for key, value in override.items():
-        if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = deep_merge(merged[key], value)
-        else:
-            merged[key] = copy.deepcopy(value)
-    return merged
-
+from tests.helm.helpers import CHART_DIR, CRD_FILES, CRDS_DIR, NAMESPACE, RELEASE, Rendered, strict_schema
 
 @pytest.fixture(scope="session")
 def helm():
@@ -104,30 +21,6 @@ def helm():
 def chart(helm):
     with helm.Chart.load(CHART_DIR) as loaded:
         yield loaded
-
-
-class Rendered:
-    """Parsed output of one render: every object, plus lookups by kind and name."""
-
-    def __init__(self, manifests: dict[str, str]) -> None:
-        self.notes = ""
-        self.objects: list[dict[str, Any]] = []
-        for path, text in sorted(manifests.items()):
-            if path.endswith("NOTES.txt"):
-                self.notes = text
-                continue
-            for doc in yaml.safe_load_all(text):
-                if doc:
-                    self.objects.append(doc)
-
-    def of_kind(self, kind: str) -> list[dict[str, Any]]:
-        return [o for o in self.objects if o["kind"] == kind]
-
-    def one(self, kind: str, name_suffix: str = "") -> dict[str, Any]:
-        found = [o for o in self.of_kind(kind) if o["metadata"]["name"].endswith(name_suffix)]
-        names = [o["metadata"]["name"] for o in found]
-        assert len(found) == 1, f"expected one {kind} named *{name_suffix}, got {names}"
-        return found[0]
 
 
 @pytest.fixture(scope="session")
@@ -143,24 +36,6 @@ def render(chart):
     return _render
 
 
-def _strict(schema: Any) -> Any:
-    """Make a CRD's structural schema reject unknown fields, as `kubectl apply --validate=strict` does; Python's re
-    wants inline flags at the very start of a pattern."""
-    if isinstance(schema, list):
-        return [_strict(s) for s in schema]
-    if not isinstance(schema, dict):
-        return schema
-    out = {k: _strict(v) for k, v in schema.items()}
-    if out.get("type") == "object" and "properties" in out and "additionalProperties" not in out \
-            and not out.get("x-kubernetes-preserve-unknown-fields"):
-        out["additionalProperties"] = False
-    if out.get("nullable") and isinstance(out.get("type"), str):
-        out["type"] = [out["type"], "null"]
-    if isinstance(out.get("pattern"), str) and out["pattern"].startswith("^(?i)"):
-        out["pattern"] = "(?i)^" + out["pattern"][len("^(?i)"):]
-    return out
-
-
 @pytest.fixture(scope="session")
 def crd_validators():
     if not CRDS_DIR.is_dir():
@@ -174,23 +49,9 @@ def crd_validators():
         group = crd["spec"]["group"]
         for version in crd["spec"]["versions"]:
             if f"{group}/{version['name']}" == api_version:
-                schema = _strict(version["schema"]["openAPIV3Schema"])
+                schema = strict_schema(version["schema"]["openAPIV3Schema"])
                 validators[(api_version, kind)] = jsonschema.Draft7Validator(schema)
     missing = set(CRD_FILES) - set(validators)
     assert not missing, f"CRD files in {CRDS_DIR} lack versions {missing}"
     return validators
-
-
-def pod_specs(obj: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
-    """Every pod template in an object, labelled for error messages."""
-    kind, name = obj["kind"], obj["metadata"]["name"]
-    if kind == "Deployment":
-        return [(f"{kind}/{name}", obj["spec"]["template"]["spec"])]
-    cluster = obj["spec"]["rayClusterSpec"] if kind == "RayJob" else obj["spec"] if kind == "RayCluster" else None
-    if cluster is None:
-        return []
-    specs = [(f"{kind}/{name} head", cluster["headGroupSpec"]["template"]["spec"])]
-    specs += [(f"{kind}/{name} worker {g['groupName']}", g["template"]["spec"]) for g in cluster["workerGroupSpecs"]]
-    return specs
-
 

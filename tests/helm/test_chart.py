@@ -13,7 +13,7 @@ import tarfile
 import pytest
 import yaml
 
-from tests.helm.conftest import (
+from tests.helm.helpers import (
     CHART_DIR,
     CRD_FILES,
     GENERATED_DIR,
@@ -314,7 +314,7 @@ def test_driver_command_line_carries_the_values(render, value_set):
 @MATRIX
 def test_run_accepts_the_chart_command_line(render, value_set):
     """Cross-check against the real `run` parser so a renamed flag breaks here, not in the cluster."""
-    from monitor import cli
+    from monitor.cli import main as cli
 
     parser = cli.build_parser()
     args = [a.replace("$(SPLICE_SOURCE)", "redis://redis:6379/0").replace("$(SPLICE_DEAD_LETTER)", "redis://r:6379/1")
@@ -572,7 +572,7 @@ def test_the_install_command_in_the_chart_readme_renders(helm, render):
 
 
 def test_names_and_labels_fit_kubernetes_limits_for_the_longest_release_name(chart):
-    from tests.helm.conftest import Rendered
+    from tests.helm.helpers import Rendered
 
     long_name = "a" * 20 + "-release-name-at-helms-limit-" + "b" * 4
     assert len(long_name) == 53  # Helm's maximum release name

@@ -10,7 +10,7 @@ import tomllib
 import pytest
 from packaging.specifiers import SpecifierSet
 
-from tests.helm.conftest import REPO
+from tests.helm.helpers import REPO
 
 DOCKERFILE = REPO / "Dockerfile"
 BUILD_TOOLS = {"build-essential", "gcc", "g++", "make", "cmake", "clang", "git", "python3-dev", "libc6-dev",

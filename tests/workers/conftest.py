@@ -3,25 +3,18 @@ small image/caption payloads covering every bad-input class."""
 
 from __future__ import annotations
 
-import io
 import os
 import shutil
-import socket
 import subprocess
 import time
 
-import numpy as np
 import pytest
+
+from tests.workers.helpers import free_port
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="session")
@@ -30,7 +23,7 @@ def redis_url(tmp_path_factory):
     exe = shutil.which("redis-server")
     if exe is None:
         pytest.skip("redis-server is not installed (Debian package redis-server; scripts/setup.sh installs it)")
-    port = _free_port()
+    port = free_port()
     workdir = tmp_path_factory.mktemp("redis")
     proc = subprocess.Popen(
         [exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", str(workdir)],
@@ -78,24 +71,12 @@ def ray_local():
     ray.shutdown()
 
 
-def jpeg_bytes(seed: int, size: tuple[int, int] = (48, 40), mode: str = "RGB", fmt: str = "JPEG") -> bytes:
-    from PIL import Image
-
-    rng = np.random.default_rng(seed)
-    channels = {"RGB": 3, "RGBA": 4, "CMYK": 4, "L": 1}[mode]
-    arr = rng.integers(0, 256, size=(size[1], size[0], channels), dtype=np.uint8)
-    img = Image.fromarray(arr[..., 0] if channels == 1 else arr, mode=mode)
-    buf = io.BytesIO()
-    img.save(buf, format=fmt)
-    return buf.getvalue()
-
-
 @pytest.fixture(scope="session")
 def test_vocab(tmp_path_factory) -> str:
     """A small real vocabulary (topic words of the caption stream plus the most frequent built-in concepts), so
     dictionaries build in about a second."""
-    from monitor.vocab import default_vocabulary
-    from workers.captions import TOPICS
+    from monitor.concepts.vocab import default_vocabulary
+    from monitor.synthetic.captions import TOPICS
 
     words = []
     for parts in TOPICS.values():
@@ -120,7 +101,7 @@ def cache_dir(splice_cache_dir) -> str:
 
 @pytest.fixture(scope="session")
 def text_config(test_vocab, cache_dir):
-    from monitor.worker import WorkerConfig
+    from workers.core import WorkerConfig
 
     return WorkerConfig(model="minilm", vocab=test_vocab, cache_dir=cache_dir, mean="vocab")
 
@@ -129,7 +110,7 @@ def text_config(test_vocab, cache_dir):
 def image_config(test_vocab, cache_dir, tmp_path_factory):
     """A small open_clip architecture at seeded random init (no weights can be downloaded here), with 64 concepts:
     its text tower is slow on a shared CPU and random weights give the concepts no meaning anyway."""
-    from monitor.worker import WorkerConfig
+    from workers.core import WorkerConfig
 
     words = open(test_vocab).read().split("\n")[:64]
     path = tmp_path_factory.mktemp("vocab-img") / "vocab64.txt"
@@ -137,33 +118,3 @@ def image_config(test_vocab, cache_dir, tmp_path_factory):
     return WorkerConfig(model="ViT-S-32", pretrained="random", vocab=str(path), cache_dir=cache_dir,
                         max_pixels=4_000_000, mean="vocab")
 
-
-def caption_parquet(path, n: int, **kwargs) -> tuple[str, list[str]]:
-    """A caption Parquet file from the demo's generator; returns (source URI, item ids)."""
-    from workers.captions import CaptionStream, write_parquet
-
-    stream = CaptionStream(n=n, **kwargs)
-    uri = write_parquet(stream, str(path))
-    return uri, [c.id for c in stream]
-
-
-def add_captions(client, key: str, n: int, seed: int = 0) -> list[str]:
-    """XADD n captions; returns their entry ids (the items' ids)."""
-    from workers.captions import CaptionStream
-
-    pipe = client.pipeline(transaction=False)
-    for c in CaptionStream(n=n, seed=seed):
-        pipe.xadd(key, {"text": c.text, "ts": repr(c.timestamp), "topic": c.topic})
-    return [i.decode() for i in pipe.execute()]
-
-
-def pushed_samples(gateway: str, name: str, **labels: str) -> list[float]:
-    """Values of the samples called ``name`` whose labels include ``labels``, as the Pushgateway serves them."""
-    import urllib.request
-
-    from prometheus_client.parser import text_string_to_metric_families
-
-    with urllib.request.urlopen(f"{gateway}/metrics", timeout=5) as r:
-        text = r.read().decode()
-    return [s.value for fam in text_string_to_metric_families(text) for s in fam.samples
-            if s.name == name and all(s.labels.get(k) == v for k, v in labels.items())]

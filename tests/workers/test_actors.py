@@ -6,8 +6,8 @@ from __future__ import annotations
 import numpy as np
 
 from monitor.records import ItemMeta, SparseCodes
-from monitor.streams import DEFAULT_MAX_STREAMS
-from monitor.worker import Partial
+from monitor.drift.monitor import DEFAULT_MAX_STREAMS
+from workers.core import Partial
 from workers.actors import AggregatorConfig, AggregatorCore
 
 NAMES = [f"concept{j}" for j in range(12)]

@@ -17,13 +17,13 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from monitor.cli import main as cli_main
+from monitor.cli.main import main as cli_main
 from monitor.errors import ConfigError
 from monitor.records import ItemMeta
-from monitor.worker import Worker, WorkItem
-from tests.workers.conftest import jpeg_bytes
+from workers.core import Worker, WorkItem
+from tests.workers.helpers import jpeg_bytes
 from workers.deadletter import read_parquet_dead_letters
-from workers.pipeline import PipelineConfig, run_pipeline
+from workers.driver import PipelineConfig, run_pipeline
 
 
 def _png(arr: np.ndarray, mode: str, **info) -> bytes:
@@ -112,7 +112,7 @@ def test_pipeline_counts_the_good_and_dead_letters_the_bad_with_reasons(ray_loca
 def test_dictionary_encoder_dimension_mismatch_is_a_startup_error(image_config, tmp_path):
     from dataclasses import replace
 
-    from monitor.dictionary import save_mean
+    from monitor.concepts.dictionary import save_mean
 
     bad = tmp_path / "mean.npy"
     save_mean(bad, np.ones(7, dtype=np.float32), encoder_id="open_clip:ViT-S-32:random-seed0", n=10,

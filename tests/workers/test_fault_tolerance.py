@@ -9,12 +9,12 @@ import signal
 
 import numpy as np
 
-from monitor.history import HistoryStore
+from monitor.history.store import HistoryStore
 from monitor.records import ItemMeta, SparseCodes
-from monitor.worker import DeadLetter, Partial
-from tests.workers.conftest import add_captions, caption_parquet
+from workers.core import DeadLetter, Partial
+from tests.workers.helpers import add_captions, caption_parquet
 from workers.actors import AggregatorConfig, AggregatorCore
-from workers.pipeline import PipelineConfig, run_pipeline
+from workers.driver import PipelineConfig, run_pipeline
 
 MONITOR = {"window": {"kind": "count", "size": 100}, "reference": {"mode": "fixed", "n_images": 200}}
 NAMES = [f"concept{j}" for j in range(20)]

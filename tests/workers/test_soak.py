@@ -10,8 +10,8 @@ import time
 
 import pytest
 
-from workers.captions import CaptionStream
-from workers.pipeline import PipelineConfig, run_pipeline
+from monitor.synthetic.captions import CaptionStream
+from workers.driver import PipelineConfig, run_pipeline
 
 DURATION_S = float(os.environ.get("SPLICE_SOAK_SECONDS", "120"))
 RATE = 60  # captions per second, well under two CPU workers' capacity so the stream is sustained, not a backlog

@@ -11,8 +11,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from monitor.errors import ConfigError
-from monitor.worker import DeadLetter
-from tests.workers.conftest import jpeg_bytes
+from workers.core import DeadLetter
+from tests.workers.helpers import jpeg_bytes
 from workers.deadletter import open_sink, read_parquet_dead_letters
 from workers.sources import DirectorySource, ParquetSource, RedisSource, open_source, parse_uri
 

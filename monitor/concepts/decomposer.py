@@ -1,0 +1,437 @@
+"""SpLiCE decomposition of embeddings into sparse nonnegative word-concept weights: centre with the modality mean,
+solve the certified nonnegative lasso on the concept dictionary, recompose, name and intervene on concepts.
+
+:func:`create_decomposer` is the one factory the CLI and the Ray workers use: model name -> (encoder, decomposer).
+"""
+
+from __future__ import annotations
+
+from monitor.errors import UncalibratedMeanWarning  # noqa: F401  (re-exported for callers of this module)
+import difflib
+import math
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from monitor.concepts.dictionary import ConceptDictionary, build_dictionary, load_mean
+from monitor.errors import ConfigError
+from monitor.records import SparseCodes
+
+__all__ = [
+    "Decomposer",
+    "BatchDecomposition",
+    "Intervention",
+    "create_decomposer",
+    "UncalibratedMeanWarning",
+    "warn_uncalibrated",
+    "CALIBRATE_HINT",
+]
+
+CALIBRATE_HINT = (
+    "splice-monitor calibrate --model MODEL --pretrained WEIGHTS SAMPLE_IMAGES_OR_CAPTIONS... -o mean.npy, "
+    "then pass --mean mean.npy"
+)
+# Below this norm an embedding (or its centred version) has no direction to decompose.
+_EPS = 1e-8
+
+
+
+_warned_spaces: set[tuple[str, str]] = set()
+
+
+@dataclass
+class BatchDecomposition:
+    """Result of :meth:`Decomposer.decompose` on n input rows.
+
+    ``codes`` holds one row per *kept* input, in input order; ``kept[i]`` is the input row of ``codes`` row i.
+    ``rejected`` lists ``(input row, detail)`` for NaN/inf/zero embeddings (dead-letter reason "bad_embedding").
+    ``gap``, ``kkt`` and ``converged`` are the solver's certificate per kept row.
+    """
+
+    codes: SparseCodes
+    kept: np.ndarray  # int64 (k,)
+    rejected: list[tuple[int, str]]
+    gap: np.ndarray  # float32 (k,) relative duality gap
+    kkt: np.ndarray  # float32 (k,)
+    converged: np.ndarray  # bool (k,)
+    iterations: int = 0
+    n_inputs: int = 0
+
+    @property
+    def reason(self) -> str:
+        return "bad_embedding"
+
+
+@dataclass
+class Intervention:
+    """Embeddings recomposed after zeroing ``suppressed`` concepts, with the edited weights."""
+
+    embeddings: Any  # torch.Tensor (n, d), unit norm
+    weights: Any  # torch.Tensor (n, c)
+    suppressed: list[int] = field(default_factory=list)
+    removed_weight: np.ndarray | None = None  # float32 (n,) total weight taken out per row
+
+
+class Decomposer:
+    """Decompose embeddings from one encoder over one concept dictionary.
+
+    ``mean`` is the modality mean (d,) of L2-normalised embeddings of the inputs' modality (see
+    ``splice-monitor calibrate``); None centres with a zero mean (no centring) and warns once per concept space.
+    ``l1`` is the lasso penalty in the reference ADMM scaling; ``target_l0`` instead picks the penalty per row to
+    reach that many active concepts. ``solver_options`` go to :class:`monitor.concepts.solver.NonnegLasso`.
+    """
+
+    def __init__(
+        self,
+        dictionary: ConceptDictionary,
+        mean=None,
+        *,
+        l1: float = 0.25,
+        target_l0: int | None = None,
+        device=None,
+        mean_source: str | None = None,
+        **solver_options: Any,
+    ) -> None:
+        import torch
+
+        from monitor.concepts.solver import NonnegLasso
+
+        if not isinstance(dictionary, ConceptDictionary):
+            raise TypeError(f"dictionary must be a ConceptDictionary, got {type(dictionary).__name__}")
+        if isinstance(l1, bool) or not isinstance(l1, (int, float)) or not math.isfinite(l1) or l1 <= 0:
+            raise ConfigError(f"l1 must be a finite number > 0, got {l1!r}")
+        if target_l0 is not None:
+            if isinstance(target_l0, float) and target_l0.is_integer():
+                target_l0 = int(target_l0)
+            n_c = dictionary.n_concepts
+            if isinstance(target_l0, bool) or not isinstance(target_l0, int) or not 1 <= target_l0 <= n_c:
+                raise ConfigError(
+                    f"target_l0 must be an integer in [1, {dictionary.n_concepts}] or None, got {target_l0!r}"
+                )
+        self.dictionary = dictionary
+        self.l1 = float(l1)
+        self.target_l0 = target_l0
+        self.device = torch.device(device) if device is not None else torch.device("cpu")
+        self._D = dictionary.tensor(device=self.device)
+        self._solver = NonnegLasso(self._D, device=self.device, **solver_options)
+        if mean is None:
+            self._mu = torch.zeros(dictionary.dim, device=self.device)
+            self.mean_source = "zero (uncalibrated)"
+            warn_uncalibrated(dictionary.concept_space, "a zero mean (no centring of inputs)")
+        else:
+            mu = torch.as_tensor(np.asarray(mean.detach().cpu() if hasattr(mean, "detach") else mean,
+                                            dtype=np.float32)).reshape(-1)
+            if mu.shape[0] != dictionary.dim:
+                raise ConfigError(
+                    f"mean has shape ({mu.shape[0]},) but the dictionary has shape {tuple(dictionary.vectors.shape)}; "
+                    "the modality mean must come from the same encoder as the dictionary"
+                )
+            if not torch.isfinite(mu).all():
+                raise ConfigError("mean contains NaN or inf")
+            self._mu = mu.to(self.device)
+            self.mean_source = mean_source or "given"
+
+    # -- properties -----------------------------------------------------------------------------------------------
+
+    @property
+    def concept_names(self) -> list[str]:
+        return self.dictionary.concept_names
+
+    @property
+    def concept_space(self) -> str:
+        return self.dictionary.concept_space
+
+    @property
+    def n_concepts(self) -> int:
+        return self.dictionary.n_concepts
+
+    @property
+    def dim(self) -> int:
+        return self.dictionary.dim
+
+    @property
+    def mean(self):
+        return self._mu
+
+    # -- decomposition --------------------------------------------------------------------------------------------
+
+    def center(self, embeddings):
+        """normalize(normalize(z) - mu) for a (n, d) tensor already on ``self.device``."""
+        import torch.nn.functional as F
+
+        return F.normalize(F.normalize(embeddings, dim=-1, eps=_EPS) - self._mu, dim=-1, eps=_EPS)
+
+    def decompose(self, embeddings, *, warn: bool = True) -> BatchDecomposition:
+        """Decompose (n, d) raw embeddings (torch or numpy). Rows with NaN/inf or (near-)zero norm are rejected,
+        not solved; everything else gets a row in ``codes`` with its fidelity cos(recomposed, input)."""
+        import torch
+        import torch.nn.functional as F
+
+        Z = self._as_matrix(embeddings)
+        n = Z.shape[0]
+        finite = torch.isfinite(Z).all(dim=1)
+        Zs = torch.where(finite[:, None], Z, torch.zeros((), device=Z.device, dtype=Z.dtype))
+        norms = torch.linalg.vector_norm(Zs, dim=1)
+        ok = finite & (norms > _EPS)
+        unit = Zs / norms.clamp_min(_EPS)[:, None]
+        centred_norm = torch.linalg.vector_norm(unit - self._mu, dim=1)
+        ok_centred = ok & (centred_norm > 1e-6)
+        rejected: list[tuple[int, str]] = []
+        for i in (~ok_centred).nonzero().flatten().tolist():
+            if not bool(finite[i]):
+                what = "NaN" if bool(torch.isnan(Z[i]).any()) else "inf"
+                rejected.append((i, f"embedding row {i} contains {what} values"))
+            elif not bool(ok[i]):
+                rejected.append((i, f"embedding row {i} has zero norm ({float(norms[i]):.3g})"))
+            else:
+                rejected.append((i, f"embedding row {i} equals the modality mean after normalising: nothing to decompose"))
+        kept = ok_centred.nonzero().flatten()
+        k = int(kept.numel())
+        if k == 0:
+            empty = SparseCodes.from_dense(np.zeros((0, self.n_concepts), np.float32), np.zeros(0, np.float32),
+                                           np.zeros(0, np.float32), converged=np.zeros(0, bool))
+            return BatchDecomposition(empty, np.zeros(0, np.int64), rejected, np.zeros(0, np.float32),
+                                      np.zeros(0, np.float32), np.zeros(0, bool), 0, n)
+        Zk = unit[kept]
+        centred = self.center(Zk)
+        if self.target_l0 is not None:
+            res = self._solver.solve_target_l0(centred, self.target_l0, warn=warn)
+        else:
+            res = self._solver.solve(centred, self.l1, warn=warn)
+        idx, vals = _sparse_rows(res.weights.to(self.device, torch.float32))
+        # Dᵀw from the few active rows of D: O(n·l0·d) instead of another full O(n·c·d) matmul
+        dtw = torch.einsum("nk,nkd->nd", vals, self._D[idx])
+        recomposed = F.normalize(F.normalize(dtw, dim=-1, eps=_EPS) + self._mu, dim=-1, eps=_EPS)
+        fidelity = (recomposed * Zk).sum(dim=-1)
+        codes = _codes(idx, vals, fidelity, res.l1, res.converged, self.n_concepts)
+        return BatchDecomposition(
+            codes=codes,
+            kept=kept.cpu().numpy().astype(np.int64),
+            rejected=rejected,
+            gap=res.gap.detach().cpu().float().numpy(),
+            kkt=res.kkt.detach().cpu().float().numpy(),
+            converged=res.converged.detach().cpu().numpy().astype(bool),
+            iterations=int(res.iterations),
+            n_inputs=n,
+        )
+
+    def recompose(self, weights):
+        """ẑ = normalize(normalize(Dᵀw) + μ) for weights (n, c) / (c,) tensors or arrays, or SparseCodes."""
+        import torch.nn.functional as F
+
+        W = self._as_weights(weights)
+        return F.normalize(F.normalize(W @ self._D, dim=-1, eps=_EPS) + self._mu, dim=-1, eps=_EPS)
+
+    def fidelity(self, embeddings, weights):
+        """cos(recompose(weights), normalize(embeddings)) per row."""
+        import torch.nn.functional as F
+
+        Z = F.normalize(self._as_matrix(embeddings), dim=-1, eps=_EPS)
+        return self._fidelity(self._as_weights(weights), Z)
+
+    def _fidelity(self, W, unit_Z):
+        return (self.recompose(W) * unit_Z).sum(dim=-1)
+
+    def top_concepts(self, codes_row, k: int = 10) -> list[tuple[str, float]]:
+        """The ``k`` largest (concept name, weight) pairs of one decomposition, largest first.
+
+        ``codes_row`` is ``codes.row(i)`` (indices, values), a dense weight vector (c,), or a one-row SparseCodes.
+        """
+        if isinstance(codes_row, SparseCodes):
+            if len(codes_row) != 1:
+                raise ValueError(f"top_concepts takes one row; got SparseCodes with {len(codes_row)} rows")
+            codes_row = codes_row.row(0)
+        if isinstance(codes_row, tuple):
+            idx, val = (np.asarray(a) for a in codes_row)
+        else:
+            dense = np.asarray(codes_row.detach().cpu() if hasattr(codes_row, "detach") else codes_row).reshape(-1)
+            if dense.shape[0] != self.n_concepts:
+                raise ValueError(f"weight vector has {dense.shape[0]} entries, expected n_concepts={self.n_concepts}")
+            idx = np.nonzero(dense > 0)[0]
+            val = dense[idx]
+        order = np.argsort(-val, kind="stable")[: max(int(k), 0)]
+        names = self.concept_names
+        return [(names[int(idx[j])], float(val[j])) for j in order]
+
+    def concept_index(self, name: str) -> int:
+        """Row of ``name`` in the dictionary; an unknown name is a ConfigError listing close matches."""
+        vocab = self.dictionary.vocabulary
+        if name in vocab:
+            return vocab.index(name)
+        close = difflib.get_close_matches(name, vocab.concepts, n=8, cutoff=0.6)
+        hint = f"close matches: {', '.join(close)}" if close else "no close matches"
+        raise ConfigError(f"concept {name!r} is not in the vocabulary ({len(vocab)} concepts; {hint})")
+
+    def intervene(self, z_or_weights, suppress: Sequence[str] | str) -> Intervention:
+        """Zero the named concepts and recompose. Accepts raw embeddings (n, d) or (d,), which are decomposed
+        first, or weights (n, c) / SparseCodes / BatchDecomposition."""
+        import torch
+
+        if isinstance(suppress, str):
+            suppress = [suppress]
+        idx = [self.concept_index(s) for s in suppress]
+        if isinstance(z_or_weights, BatchDecomposition):
+            W = self._as_weights(z_or_weights.codes)
+        elif isinstance(z_or_weights, SparseCodes):
+            W = self._as_weights(z_or_weights)
+        else:
+            X = torch.as_tensor(np.asarray(z_or_weights) if not hasattr(z_or_weights, "detach") else z_or_weights)
+            last = X.shape[-1]
+            if last == self.dim and last != self.n_concepts:
+                result = self.decompose(X if X.ndim == 2 else X[None, :])
+                if result.rejected:
+                    raise ConfigError(f"cannot intervene on bad embeddings: {result.rejected}")
+                W = self._as_weights(result.codes)
+            else:
+                W = self._as_weights(X)
+        W = W.clone()
+        removed = W[:, idx].sum(dim=1) if idx else torch.zeros(W.shape[0], device=W.device)
+        if idx:
+            W[:, idx] = 0
+        return Intervention(self.recompose(W), W, idx, removed.cpu().numpy().astype(np.float32))
+
+    # -- input checks ---------------------------------------------------------------------------------------------
+
+    def _as_matrix(self, embeddings):
+        import torch
+
+        if not hasattr(embeddings, "detach"):
+            embeddings = torch.as_tensor(np.asarray(embeddings))
+        Z = embeddings.detach()
+        if Z.ndim == 1:
+            Z = Z[None, :]
+        if Z.ndim != 2:
+            raise ConfigError(f"embeddings must be a (n, d) matrix, got shape {tuple(Z.shape)}")
+        if Z.shape[1] != self.dim:
+            raise ConfigError(
+                f"embedding dimension mismatch: embeddings have shape {tuple(Z.shape)} but the dictionary has shape "
+                f"{tuple(self.dictionary.vectors.shape)} (encoder {self.dictionary.encoder_id}); build the dictionary "
+                "with the same model that produces the embeddings"
+            )
+        return Z.to(self.device, torch.float32)
+
+    def _as_weights(self, weights):
+        import torch
+
+        if isinstance(weights, BatchDecomposition):
+            weights = weights.codes
+        if isinstance(weights, SparseCodes):
+            if weights.n_concepts != self.n_concepts:
+                raise ConfigError(f"codes have {weights.n_concepts} concepts, dictionary has {self.n_concepts}")
+            weights = weights.to_dense()
+        if not hasattr(weights, "detach"):
+            weights = torch.as_tensor(np.asarray(weights, dtype=np.float32))
+        W = weights.detach().to(self.device, torch.float32)
+        if W.ndim == 1:
+            W = W[None, :]
+        if W.ndim != 2 or W.shape[1] != self.n_concepts:
+            raise ConfigError(f"weights must have shape (n, {self.n_concepts}), got {tuple(W.shape)}")
+        return W
+
+
+def _sparse_rows(W):
+    """(idx, vals), both (n, k) with k = the largest row l0: each row's active concepts in ascending concept order,
+    padded with (0, 0.0). Only these cross to the host, never the dense (n, c) matrix."""
+    import torch
+
+    n = W.shape[0]
+    k = int((W > 0).sum(dim=1).max()) if n else 0
+    if k == 0:
+        z = torch.zeros((n, 0), device=W.device)
+        return z.long(), z
+    vals, idx = W.topk(k, dim=1)
+    active = vals > 0
+    key = torch.where(active, idx, torch.full_like(idx, W.shape[1]))  # padding sorts last
+    key, order = key.sort(dim=1)
+    vals = torch.where(key < W.shape[1], vals.gather(1, order), torch.zeros((), device=W.device))
+    idx = torch.where(key < W.shape[1], key, torch.zeros_like(key))
+    return idx, vals
+
+
+def _codes(idx, vals, fidelity, l1, converged, n_concepts: int) -> SparseCodes:
+    active = (vals > 0).cpu().numpy()
+    idx_h = idx.cpu().numpy()
+    vals_h = vals.cpu().numpy()
+    indptr = np.zeros(len(active) + 1, dtype=np.int64)
+    np.cumsum(active.sum(axis=1), out=indptr[1:])
+    return SparseCodes(
+        indptr=indptr,
+        indices=idx_h[active].astype(np.int32),
+        values=vals_h[active].astype(np.float32),
+        fidelity=fidelity.detach().cpu().numpy().astype(np.float32),
+        l1=l1.detach().cpu().numpy().astype(np.float32).reshape(-1),
+        n_concepts=n_concepts,
+        converged=converged.detach().cpu().numpy().astype(bool),
+    )
+
+
+def warn_uncalibrated(space: str, what: str) -> None:
+    """Warn (once per process for this concept space and default) that no calibrated mean is in use."""
+    key = (space, what)
+    if key in _warned_spaces:
+        return
+    _warned_spaces.add(key)
+    warnings.warn(
+        f"no calibrated modality mean: decomposing with {what}. Fidelity and sparsity are best with the mean of "
+        f"your own data; estimate it with: {CALIBRATE_HINT}",
+        UncalibratedMeanWarning,
+        stacklevel=3,
+    )
+
+
+def create_decomposer(
+    model: str = "minilm",
+    pretrained: str | None = None,
+    *,
+    vocab=None,
+    template: str | None = None,
+    mean: str | Path | Any | None = None,
+    l1: float = 0.25,
+    target_l0: int | None = None,
+    device: str | None = None,
+    cache_dir: str | Path | None = None,
+    batch_size: int = 64,
+    precision: str = "auto",
+    **solver_options: Any,
+) -> tuple[Any, Decomposer]:
+    """Build (encoder, decomposer) by name: load the model, build or load the cached dictionary, load the mean.
+
+    ``vocab``: None for the built-in vocabulary, a file path, a list of concepts or a Vocabulary. ``mean``: a path
+    written by ``splice-monitor calibrate`` (checked against the encoder id and dimension), an array, "vocab" to
+    centre with the vocabulary's own text mean, or None. With None, a text-only encoder centres with the vocabulary
+    mean (its inputs can only be texts, and that is the best text-side estimate without data) and an image encoder
+    with a zero mean; both warn once, saying how to calibrate.
+    """
+    from monitor.concepts.encoders import create_encoder
+
+    encoder = create_encoder(model, pretrained, device=device, batch_size=batch_size, precision=precision)
+    dictionary = build_dictionary(encoder, vocab, template=template, cache_dir=cache_dir)
+    if dictionary.dim != encoder.dim:
+        raise ConfigError(
+            f"dictionary shape {tuple(dictionary.vectors.shape)} does not match encoder {encoder.id} "
+            f"(dim {encoder.dim})"
+        )
+    mu = None
+    source = None
+    if isinstance(mean, str) and mean == "vocab":
+        mu, source = dictionary.vocab_mean, "vocabulary text mean"
+    elif isinstance(mean, (str, Path)):
+        mu, info = load_mean(mean, encoder_id=encoder.id, dim=encoder.dim)
+        source = str(mean)
+        if info.get("encoder_id") is None:
+            warnings.warn(
+                f"mean file {mean} has no sidecar naming its encoder; make sure it was calibrated with {encoder.id}",
+                UserWarning,
+                stacklevel=2,
+            )
+    elif mean is not None:
+        mu, source = mean, "given"
+    elif not encoder.supports_images:
+        mu, source = dictionary.vocab_mean, "vocabulary text mean (uncalibrated)"
+        warn_uncalibrated(dictionary.concept_space, "the vocabulary's text mean")
+    decomposer = Decomposer(dictionary, mu, l1=l1, target_l0=target_l0, device=encoder.device,
+                            mean_source=source, **solver_options)
+    return encoder, decomposer

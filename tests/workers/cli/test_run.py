@@ -1,0 +1,18 @@
+"""``splice-monitor run`` on a finite source: the final metrics are pushed when the source ends."""
+
+from __future__ import annotations
+
+from monitor.cli.main import main as cli_main
+from tests.workers.helpers import caption_parquet, pushed_samples
+
+
+def test_run_on_a_finite_source_pushes_its_final_counts_under_its_job_id(ray_local, test_vocab, cache_dir, tmp_path,
+                                                                         pushgateway, capsys):
+    uri, ids = caption_parquet(tmp_path / "caps.parquet", 90, seed=3)
+    rc = cli_main(["run", "--source", uri, "--metrics-port", "-1", "--pushgateway", pushgateway,
+                   "--job-id", "nightly", "--workers", "1", "--batch-size", "45", "--model", "minilm",
+                   "--vocab", test_vocab, "--mean", "vocab", "--cache-dir", cache_dir, "--window", "45",
+                   "--reference-images", "45"])
+    assert rc == 0
+    assert f"images counted: {len(ids)}" in capsys.readouterr().out
+    assert sum(pushed_samples(pushgateway, "splice_images_total", job="splice-run", run="nightly")) == len(ids)

@@ -1,0 +1,58 @@
+"""Helpers for the Ray shell's tests: payload builders and stream fillers. Plain functions, imported by tests
+and by tests/workers/conftest.py alike (never imported out of a conftest)."""
+
+from __future__ import annotations
+
+import io
+import socket
+
+import numpy as np
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def jpeg_bytes(seed: int, size: tuple[int, int] = (48, 40), mode: str = "RGB", fmt: str = "JPEG") -> bytes:
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    channels = {"RGB": 3, "RGBA": 4, "CMYK": 4, "L": 1}[mode]
+    arr = rng.integers(0, 256, size=(size[1], size[0], channels), dtype=np.uint8)
+    img = Image.fromarray(arr[..., 0] if channels == 1 else arr, mode=mode)
+    buf = io.BytesIO()
+    img.save(buf, format=fmt)
+    return buf.getvalue()
+
+
+def caption_parquet(path, n: int, **kwargs) -> tuple[str, list[str]]:
+    """A caption Parquet file from the demo's generator; returns (source URI, item ids)."""
+    from monitor.synthetic.captions import CaptionStream, write_parquet
+
+    stream = CaptionStream(n=n, **kwargs)
+    uri = write_parquet(stream, str(path))
+    return uri, [c.id for c in stream]
+
+
+def add_captions(client, key: str, n: int, seed: int = 0) -> list[str]:
+    """XADD n captions; returns their entry ids (the items' ids)."""
+    from monitor.synthetic.captions import CaptionStream
+
+    pipe = client.pipeline(transaction=False)
+    for c in CaptionStream(n=n, seed=seed):
+        pipe.xadd(key, {"text": c.text, "ts": repr(c.timestamp), "topic": c.topic})
+    return [i.decode() for i in pipe.execute()]
+
+
+def pushed_samples(gateway: str, name: str, **labels: str) -> list[float]:
+    """Values of the samples called ``name`` whose labels include ``labels``, as the Pushgateway serves them."""
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(f"{gateway}/metrics", timeout=5) as r:
+        text = r.read().decode()
+    return [s.value for fam in text_string_to_metric_families(text) for s in fam.samples
+            if s.name == name and all(s.labels.get(k) == v for k, v in labels.items())]

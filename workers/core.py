@@ -1,0 +1,428 @@
+"""The pipeline's worker core, usable without Ray: raw stream items (image bytes or captions) in, sparse concept
+codes plus dead letters out (decode -> preprocess -> encode -> center -> decompose -> partial for the aggregator).
+
+The Ray actor in ``workers/actors.py`` is this object plus ``@ray.remote``; tests and ``bench pipeline --no-ray`` use it
+directly.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from monitor.errors import DEAD_LETTER_REASONS, BadInput, ConfigError
+from monitor.records import ItemMeta, SparseCodes
+
+__all__ = ["WorkItem", "DeadLetter", "Partial", "WorkerConfig", "Worker", "DEFAULT_MAX_PIXELS"]
+
+# Same order of magnitude as PIL's own bomb guard (89 M pixels), but a monitor has no business decoding 80 MP frames:
+# 40 MP covers every camera we expect and keeps one worker's decode memory under ~120 MB per image.
+DEFAULT_MAX_PIXELS = 40_000_000
+
+
+@dataclass(frozen=True)
+class WorkItem:
+    """One stream item as a source hands it over: identity, payload and where the payload came from.
+
+    ``kind`` is "image" (payload: encoded image bytes) or "text" (payload: a caption). ``error`` is set by the source
+    when the record itself is malformed; the worker then dead-letters it without touching the model.
+    """
+
+    meta: ItemMeta
+    payload: bytes | str | None
+    kind: str = "image"
+    ref: str = ""  # payload reference for dead letters: a path, "file.parquet#row=12", "redis://.../frames/1-0"
+    error: tuple[str, str] | None = None  # (reason, detail)
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    """An item that could not be processed, with a reason from ``monitor.errors.DEAD_LETTER_REASONS``."""
+
+    item_id: str
+    stream: str
+    timestamp: float
+    reason: str
+    detail: str
+    ref: str = ""
+
+    def __post_init__(self) -> None:
+        if self.reason not in DEAD_LETTER_REASONS:
+            raise ValueError(f"DeadLetter.reason must be one of {DEAD_LETTER_REASONS}, got {self.reason!r}")
+
+
+@dataclass
+class Partial:
+    """A batch's contribution: codes for the items that decomposed (rows aligned with ``items``), the dead letters,
+    and timings. The aggregator turns it into window statistics when it commits the batch."""
+
+    codes: SparseCodes | None
+    items: list[ItemMeta]
+    dead_letters: list[DeadLetter] = field(default_factory=list)
+    n_nonconverged: int = 0
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def n_items(self) -> int:
+        return len(self.items) + len(self.dead_letters)
+
+
+@dataclass(frozen=True)
+class WorkerConfig:
+    """How a worker builds its encoder and dictionary; keyword names follow ``monitor.concepts.decomposer.create_decomposer``."""
+
+    model: str = "minilm"
+    pretrained: str | None = None
+    vocab: str | None = None
+    template: str | None = None
+    mean: str | None = None
+    l1: float = 0.25
+    target_l0: float | None = None
+    device: str | None = None
+    cache_dir: str | None = None
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    decode_threads: int = 0  # 0: min(4, cpu count)
+    encode_batch: int = 64
+    torch_threads: int = 0  # 0: leave torch's default
+    device_decode: str = "auto"  # decode JPEGs on the encoder's device: "auto" (on for CUDA), "on", "off"
+
+    def __post_init__(self) -> None:
+        if not (self.l1 >= 0 and math.isfinite(self.l1)):
+            raise ConfigError(f"l1 must be a finite number >= 0, got {self.l1!r}")
+        if self.max_pixels < 1:
+            raise ConfigError(f"max_pixels must be >= 1, got {self.max_pixels!r}")
+        if self.encode_batch < 1:
+            raise ConfigError(f"encode_batch must be >= 1, got {self.encode_batch!r}")
+        if self.decode_threads < 0:
+            raise ConfigError(f"decode_threads must be >= 0, got {self.decode_threads!r}")
+        if self.device_decode not in ("auto", "on", "off"):
+            raise ConfigError(f"device_decode must be 'auto', 'on' or 'off', got {self.device_decode!r}")
+
+    def decomposer_kwargs(self) -> dict[str, Any]:
+        return dict(
+            model=self.model,
+            pretrained=self.pretrained,
+            vocab=self.vocab,
+            template=self.template,
+            mean=self.mean,
+            l1=self.l1,
+            target_l0=self.target_l0,
+            device=self.device,
+            cache_dir=self.cache_dir,
+        )
+
+
+class Worker:
+    """Turns batches of :class:`WorkItem` into a :class:`Partial`.
+
+    Decoding and preprocessing run on a thread pool (PIL releases the GIL while decoding) while the encoder works
+    on the chunk before, so decode overlaps encode. Per-item problems become dead letters; nothing raises for one
+    bad item.
+    """
+
+    def __init__(self, encoder: Any, decomposer: Any, *, max_pixels: int = DEFAULT_MAX_PIXELS,
+                 decode_threads: int = 0, encode_batch: int = 64, device_decode: str = "auto") -> None:
+        enc_dim = int(getattr(encoder, "dim"))
+        space = getattr(decomposer, "dim", None)
+        if space is not None and int(space) != enc_dim:
+            raise ConfigError(f"dictionary dimension {int(space)} does not match encoder dimension {enc_dim}")
+        self.encoder = encoder
+        self.decomposer = decomposer
+        self.max_pixels = int(max_pixels)
+        self.encode_batch = int(encode_batch)
+        threads = decode_threads or min(4, os.cpu_count() or 1)
+        self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="decode")
+        device = getattr(encoder, "device", None)
+        on_cuda = getattr(device, "type", str(device)) == "cuda"
+        self._device_plan = None
+        if device_decode == "on" or (device_decode == "auto" and on_cuda):
+            self._device_plan = _tensor_preprocess_plan(encoder)
+
+    @classmethod
+    def create(cls, config: WorkerConfig) -> "Worker":
+        """Load the encoder and dictionary named by ``config`` (once; the actor keeps the worker for its life)."""
+        if config.torch_threads:
+            import torch
+
+            torch.set_num_threads(config.torch_threads)
+        from monitor.concepts.decomposer import create_decomposer
+
+        encoder, decomposer = create_decomposer(**config.decomposer_kwargs())
+        return cls(encoder, decomposer, max_pixels=config.max_pixels, decode_threads=config.decode_threads,
+                   encode_batch=config.encode_batch, device_decode=config.device_decode)
+
+    @property
+    def concept_names(self) -> list[str]:
+        return list(self.decomposer.concept_names)
+
+    @property
+    def concept_space(self) -> str:
+        return str(self.decomposer.concept_space)
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+    # -- per-item preparation (runs on the pool) ------------------------------------------------------------------
+
+    def _prepare_image(self, item: WorkItem):
+        from monitor.concepts.images import decode_image
+
+        payload = item.payload
+        if isinstance(payload, str):  # a path column / path field: read it here, on the worker
+            try:
+                with open(payload, "rb") as fh:
+                    payload = fh.read()
+            except OSError as exc:
+                raise BadInput("bad_record", f"cannot read image path {item.payload!r}: {exc}") from None
+        if not isinstance(payload, (bytes, bytearray, memoryview)):
+            raise BadInput("bad_record", f"image payload must be bytes, got {type(payload).__name__}")
+        image = decode_image(bytes(payload), max_pixels=self.max_pixels)
+        return self.encoder.preprocess(image)
+
+    @staticmethod
+    def _prepare_text(item: WorkItem) -> str:
+        payload = item.payload
+        if isinstance(payload, (bytes, bytearray)):
+            try:
+                payload = bytes(payload).decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise BadInput("bad_text", f"caption is not UTF-8: {exc}") from None
+        if not isinstance(payload, str):
+            raise BadInput("bad_text", f"caption must be a string, got {type(payload).__name__}")
+        if not payload.strip():
+            raise BadInput("bad_text", "caption is empty")
+        return payload
+
+    def _prepare(self, item: WorkItem):
+        try:
+            if item.error is not None:
+                raise BadInput(*item.error)
+            if item.kind == "text":
+                return self._prepare_text(item)
+            if item.kind == "image":
+                return self._prepare_image(item)
+            raise BadInput("bad_record", f"item kind must be 'image' or 'text', got {item.kind!r}")
+        except BadInput as exc:
+            return exc
+        except Exception as exc:  # a decoder bug on one file must not stop the stream
+            return BadInput("other", f"{type(exc).__name__}: {exc}")
+
+    # -- the batch path -------------------------------------------------------------------------------------------
+
+    def process(self, items: list[WorkItem]) -> Partial:
+        """Decode, encode and decompose one batch; returns the batch's :class:`Partial`."""
+        t0 = time.perf_counter()
+        dead: list[DeadLetter] = []
+        ready: list[tuple[WorkItem, Any]] = []
+        on_device: list[tuple[WorkItem, Any]] = []
+        t_device = 0.0
+        if self._device_plan is not None:
+            on_device, items = self._device_prepare(items)
+            t_device = time.perf_counter() - t0
+        texts_only = all(it.kind == "text" for it in items)
+        if texts_only:  # captions need no decoding: skip the pool round trip
+            prepared = [self._prepare(it) for it in items]
+        else:
+            futures = [self._pool.submit(self._prepare, it) for it in items]
+            prepared = None
+        t_decode = 0.0
+        t_encode = 0.0
+        embeddings: list[Any] = []  # torch tensors, left on the encoder's device
+        kept_items: list[WorkItem] = []
+
+        def flush(chunk: list[tuple[WorkItem, Any]]) -> None:
+            nonlocal t_encode
+            if not chunk:
+                return
+            te = time.perf_counter()
+            text = chunk[0][0].kind == "text"
+            try:
+                embeddings.append(self._encode([x for _, x in chunk], text=text))
+                kept_items.extend(it for it, _ in chunk)
+            except Exception:  # find the item that breaks the encoder; the others go on
+                for it, x in chunk:
+                    try:
+                        embeddings.append(self._encode([x], text=text))
+                        kept_items.append(it)
+                    except Exception as exc:
+                        dead.append(_dead(it, "other", f"encoder failed: {type(exc).__name__}: {exc}"))
+            t_encode += time.perf_counter() - te
+
+        for i in range(0, len(on_device), self.encode_batch):  # JPEGs already decoded on the device
+            flush(on_device[i:i + self.encode_batch])
+        td = time.perf_counter()
+        for i, item in enumerate(items):
+            x = prepared[i] if prepared is not None else futures[i].result()
+            if isinstance(x, BadInput):
+                dead.append(_dead(item, x.reason, x.detail))
+                continue
+            # encode images and texts separately; a batch normally holds one kind
+            if ready and ready[-1][0].kind != item.kind:
+                flush(ready)
+                ready = []
+            ready.append((item, x))
+            if len(ready) >= self.encode_batch:
+                t_decode += time.perf_counter() - td
+                flush(ready)
+                ready = []
+                td = time.perf_counter()
+        t_decode += time.perf_counter() - td
+        flush(ready)
+
+        codes = None
+        metas: list[ItemMeta] = []
+        n_nonconv = 0
+        t_solve = 0.0
+        if embeddings:
+            ts = time.perf_counter()
+            import torch
+
+            emb = torch.cat(embeddings, dim=0) if len(embeddings) > 1 else embeddings[0]
+            codes, kept = self._decompose(emb, kept_items, dead)
+            t_solve = time.perf_counter() - ts
+            metas = [kept_items[int(r)].meta for r in kept]
+            if codes is not None and codes.converged is not None:
+                n_nonconv = int((~np.asarray(codes.converged, dtype=bool)).sum())
+        return Partial(
+            codes=codes,
+            items=metas,
+            dead_letters=dead,
+            n_nonconverged=n_nonconv,
+            timings={
+                "decode_wait_s": t_decode + t_device,
+                "encode_s": t_encode,
+                "decompose_s": t_solve,
+                "total_s": time.perf_counter() - t0,
+            },
+        )
+
+    def _device_prepare(self, items: list[WorkItem]) -> tuple[list[tuple[WorkItem, Any]], list[WorkItem]]:
+        """Decode complete baseline RGB/gray JPEGs on the encoder's device (nvJPEG on a GPU) and preprocess them there;
+        returns (item, tensor) pairs and the items left for the PIL path, which also classifies every bad one."""
+        import io
+        import warnings
+
+        import torch
+        from PIL import Image
+
+        with warnings.catch_warnings():
+            # torchvision 0.29 flags its image IO as deprecated in favour of torchcodec; it is still the nvJPEG path
+            warnings.simplefilter("ignore", DeprecationWarning)
+            from torchvision.io import ImageReadMode, decode_jpeg
+
+        chosen, rest = [], []
+        for it in items:
+            data = it.payload
+            if (it.kind != "image" or it.error is not None or not isinstance(data, (bytes, bytearray))
+                    or data[:2] != b"\xff\xd8" or data.rstrip(b"\x00")[-2:] != b"\xff\xd9"):
+                rest.append(it)
+                continue
+            try:
+                with Image.open(io.BytesIO(data)) as im:  # header only: size and colour mode
+                    w, h, mode, fmt = im.size[0], im.size[1], im.mode, im.format
+            except Exception:
+                rest.append(it)
+                continue
+            if fmt != "JPEG" or mode not in ("RGB", "L") or not 0 < w * h <= self.max_pixels:
+                rest.append(it)
+                continue
+            chosen.append((it, torch.frombuffer(bytearray(data), dtype=torch.uint8)))
+        if not chosen:
+            return [], rest
+        plan = self._device_plan
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", DeprecationWarning)
+                images = decode_jpeg([d for _, d in chosen], mode=ImageReadMode.RGB, device=plan["device"],
+                                     apply_exif_orientation=True)
+            out = [(it, _tensor_preprocess(img, plan)) for (it, _), img in zip(chosen, images)]
+        except Exception:  # one undecodable file fails the whole call: let PIL sort them out
+            return [], rest + [it for it, _ in chosen]
+        return out, rest
+
+    def _decompose(self, emb, items: list[WorkItem], dead: list[DeadLetter]) -> tuple[SparseCodes | None, np.ndarray]:
+        """Decompose the batch; if the solver raises, solve row by row so only the failing items are dead-lettered."""
+        try:
+            # non-convergence is counted per item (metrics), not warned about once per batch
+            result = self.decomposer.decompose(emb, warn=False)
+        except Exception:
+            parts, kept = [], []
+            for r in range(emb.shape[0]):
+                try:
+                    res = self.decomposer.decompose(emb[r:r + 1], warn=False)
+                except Exception as exc:
+                    dead.append(_dead(items[r], "solver_failed", f"{type(exc).__name__}: {exc}"))
+                    continue
+                if res.rejected:
+                    dead.append(_dead(items[r], "bad_embedding", str(res.rejected[0][1])))
+                    continue
+                parts.append(res.codes)
+                kept.append(r)
+            return (_concat_codes(parts) if parts else None), np.asarray(kept, dtype=np.int64)
+        for row, detail in result.rejected:
+            dead.append(_dead(items[int(row)], "bad_embedding", str(detail)))
+        return result.codes, np.asarray(result.kept, dtype=np.int64)
+
+    def _encode(self, inputs: list[Any], *, text: bool):
+        import torch
+
+        with torch.inference_mode():
+            if text:
+                out = self.encoder.encode_texts(inputs)
+            else:
+                out = self.encoder.encode_preprocessed(torch.stack(inputs))
+        if not isinstance(out, torch.Tensor):
+            out = torch.as_tensor(np.asarray(out, dtype=np.float32))
+        return out.float()
+
+
+def _tensor_preprocess_plan(encoder: Any) -> dict | None:
+    """Read resize / crop / normalise parameters from an open_clip-style torchvision pipeline, so JPEGs decoded on the
+    device get the same preprocessing; None when the pipeline holds anything else (then PIL does it all)."""
+    transforms = getattr(getattr(encoder, "_preprocess", None), "transforms", None)
+    if not transforms:
+        return None
+    plan: dict[str, Any] = {"device": getattr(encoder, "device", "cpu")}
+    for t in transforms:
+        name = type(t).__name__
+        if name == "Resize" and isinstance(t.size, (int, list, tuple)):
+            plan["size"] = t.size if isinstance(t.size, int) else list(t.size)
+            plan["interpolation"] = t.interpolation
+        elif name == "CenterCrop":
+            plan["crop"] = list(t.size)
+        elif name == "Normalize":
+            plan["mean"], plan["std"] = list(t.mean), list(t.std)
+        elif name not in ("MaybeConvertMode", "MaybeToTensor", "ToTensor", "function", "_convert_to_rgb"):
+            return None
+    return plan if {"size", "crop", "mean", "std"} <= set(plan) else None
+
+
+def _tensor_preprocess(image, plan: dict):
+    """uint8 (3, H, W) tensor -> normalised float tensor, as the encoder's PIL pipeline would produce."""
+    from torchvision.transforms.v2 import functional as TF
+
+    x = TF.resize(image, plan["size"], interpolation=plan["interpolation"], antialias=True)
+    x = TF.center_crop(x, plan["crop"])
+    x = x.float().div_(255.0)
+    return TF.normalize(x, plan["mean"], plan["std"])
+
+
+def _concat_codes(parts: list[SparseCodes]) -> SparseCodes:
+    offsets = np.cumsum([0] + [len(p.indices) for p in parts])
+    indptr = np.concatenate([[0]] + [p.indptr[1:] + off for p, off in zip(parts, offsets[:-1])]).astype(np.int64)
+    conv = None if any(p.converged is None for p in parts) else np.concatenate([p.converged for p in parts])
+    return SparseCodes(indptr=indptr, indices=np.concatenate([p.indices for p in parts]),
+                       values=np.concatenate([p.values for p in parts]),
+                       fidelity=np.concatenate([p.fidelity for p in parts]),
+                       l1=np.concatenate([p.l1 for p in parts]), n_concepts=parts[0].n_concepts, converged=conv)
+
+
+def _dead(item: WorkItem, reason: str, detail: str) -> DeadLetter:
+    return DeadLetter(item_id=item.meta.id, stream=item.meta.stream, timestamp=item.meta.timestamp, reason=reason,
+                      detail=detail, ref=item.ref)
