@@ -7,13 +7,13 @@ few letters in memory for the run summary.
 
 from __future__ import annotations
 
-import os
 import time
 import uuid
 from collections import Counter, deque
 from pathlib import Path
 from typing import Iterable
 
+from monitor.atomic import atomic_write_bytes
 from monitor.errors import ConfigError
 from workers.core import DeadLetter
 
@@ -95,9 +95,9 @@ class ParquetSink(DeadLetterSink):
             "written_at": pa.array([time.time()] * len(self._buffer), pa.float64()),
         })
         final = self.root / f"deadletters-{self._run}-{self._part:06d}.parquet"
-        tmp = self.root / f".{final.name}.tmp"
-        pq.write_table(table, tmp)
-        os.replace(tmp, final)
+        sink = pa.BufferOutputStream()
+        pq.write_table(table, sink)
+        atomic_write_bytes(final, sink.getvalue())
         self._part += 1
         self._buffer = []
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +17,7 @@ from typing import Any, Iterable
 
 import numpy as np
 
+from monitor.atomic import atomic_write_bytes
 from monitor.errors import ConfigError
 from monitor.concepts.vocab import Vocabulary, check_template, resolve_vocabulary
 
@@ -105,7 +105,7 @@ class ConceptDictionary:
 
     def save(self, path: str | Path) -> Path:
         """Write as safetensors (vectors, vocab_mean) with the key, template and concept list in the metadata."""
-        from safetensors.numpy import save_file
+        from safetensors.numpy import save
 
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -118,20 +118,14 @@ class ConceptDictionary:
             "vocab_source": self.vocabulary.source,
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
-        # write-then-rename: concurrent workers building the same dictionary never see a half-written file
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-        os.close(fd)
-        try:
-            save_file(
-                {"vectors": np.ascontiguousarray(self.vectors, dtype=np.float32),
-                 "vocab_mean": np.ascontiguousarray(self.vocab_mean, dtype=np.float32)},
-                tmp,
-                metadata=metadata,
-            )
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+        # bytes first, then the one atomic write: concurrent workers building the same dictionary never see a
+        # half-written file
+        blob = save(
+            {"vectors": np.ascontiguousarray(self.vectors, dtype=np.float32),
+             "vocab_mean": np.ascontiguousarray(self.vocab_mean, dtype=np.float32)},
+            metadata=metadata,
+        )
+        atomic_write_bytes(path, blob)
         return path
 
 

@@ -16,6 +16,7 @@ windows from several workers combine into the same numbers a single process woul
 
 from __future__ import annotations
 
+import io
 import json
 import math
 from pathlib import Path
@@ -23,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from monitor.atomic import atomic_write_bytes
 from monitor.records import SparseCodes, WindowSummary
 
 __all__ = [
@@ -402,8 +404,9 @@ def save_state(path: str | Path, state: dict[str, Any]) -> None:
     kinds: dict[str, str] = {}
     _flatten("", state, arrays, kinds)
     arrays["__manifest__"] = np.array(json.dumps({"format": _STATE_FORMAT, "kinds": kinds}), dtype=np.str_)
-    with open(path, "wb") as fh:
-        np.savez(fh, **arrays)
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    atomic_write_bytes(path, buf.getbuffer())
 
 
 def load_state(path: str | Path) -> dict[str, Any]:

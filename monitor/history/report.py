@@ -7,7 +7,6 @@ import base64
 import html
 import io
 import math
-import os
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -238,12 +237,9 @@ def baseline_range(
 
 def write_report(path: str | Path, html_text: str) -> Path:
     """Write the report atomically (temporary file then rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(html_text, encoding="utf-8")
-    os.replace(tmp, path)
-    return path
+    from monitor.atomic import atomic_write_text
+
+    return atomic_write_text(path, html_text)
 
 
 def _iso(t: float) -> str:

@@ -55,6 +55,7 @@ import pyarrow.dataset as ds
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+from monitor.atomic import atomic_put, atomic_write_bytes, is_temp_name
 from monitor.errors import ConfigError
 from monitor.records import Alarm, ItemMeta, SparseCodes, WindowSummary
 
@@ -217,33 +218,7 @@ def _new_batch_id() -> str:
     return f"{now:020d}-{uuid.uuid4().hex[:10]}"
 
 
-def _fsync_path(path: PurePath, *, directory: bool = False) -> None:
-    """Local durability only: pyarrow's local output streams do not fsync, and a rename is durable only once the
-    directory entry is."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:  # pragma: no cover - platforms without directory fds
-        return
-    try:
-        os.fsync(fd)
-    except OSError:  # pragma: no cover
-        if not directory:
-            raise
-    finally:
-        os.close(fd)
-
-
-def _temp_path(final: PurePath) -> PurePath:
-    return final.with_name(f".{final.name}.tmp-{uuid.uuid4().hex[:8]}")
-
-
 _LOCAL_FS = pafs.LocalFileSystem()
-
-
-def _commit(temp: Path, final: Path) -> None:
-    """The single point where a finished local temporary file becomes visible to readers: rename(2), which
-    replaces ``final`` atomically (os.replace semantics). Object stores never get here: they write the final key."""
-    _LOCAL_FS.move(str(temp), str(final))
 
 
 # Schemes a history root may use, and what each needs (quoted in errors).
@@ -385,35 +360,11 @@ class StoreFS:
     def write_bytes(self, final: PurePath, data: bytes | pa.Buffer, *, fresh: bool = False) -> None:
         """Make ``final`` hold exactly ``data``, atomically for readers (the rule of ``self.commit``). ``fresh``
         says no earlier version of ``final`` exists (a new batch id), so a failed upload may delete it."""
-        self.makedirs(final.parent)
         if self.commit == "put":
-            # The whole payload goes in one write: below the multipart threshold (5 MiB) pyarrow sends it as a single
-            # PUT at close, which stores all of it or nothing.
-            out = self.fs.open_output_stream(str(final))
-            try:
-                out.write(data)
-                out.close()  # the upload completes, and the object appears, only here
-            except BaseException:
-                # pyarrow streams have no abort and close from their destructor: a large (multipart) upload that
-                # failed part-way could still complete with what was sent, so a fresh name is removed again
-                del out
-                if fresh:
-                    try:
-                        self.delete_file(final, missing_ok=True)
-                    except OSError:
-                        pass
-                raise
-            return
-        temp = _temp_path(final)
-        try:
-            with self.fs.open_output_stream(str(temp)) as out:
-                out.write(data)
-            _fsync_path(temp)
-            _commit(temp, final)
-        except BaseException:
-            self.delete_file(temp, missing_ok=True)
-            raise
-        _fsync_path(final.parent, directory=True)
+            self.makedirs(final.parent)  # a local tree served as if it were an object store (file:// with put)
+            atomic_put(self.fs, str(final), data, fresh=fresh)
+        else:
+            atomic_write_bytes(final, data)
 
     def delete_file(self, path: PurePath, *, missing_ok: bool = False) -> None:
         try:
@@ -1326,7 +1277,7 @@ class HistoryStore:
         for table in TABLES:
             for _, _, d in self._partitions(table, streams):
                 for entry in self._fs.list(d):
-                    if entry.base_name.startswith(".") and ".tmp-" in entry.base_name:
+                    if is_temp_name(entry.base_name):
                         mtime = entry.mtime_ns / 1e9 if entry.mtime_ns is not None else 0.0
                         if now_wall - mtime >= temp_age_s:
                             self._fs.delete_file(d / entry.base_name, missing_ok=True)

@@ -15,6 +15,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
+import monitor.atomic as atomic
 import monitor.history.store as history
 from monitor.errors import ConfigError
 from monitor.history.store import SCHEMA_VERSION, HistoryStore, parse_time
@@ -212,23 +213,23 @@ def test_files_carry_schema_version_and_concept_space(store: HistoryStore) -> No
 def test_failure_before_commit_leaves_nothing_visible(store: HistoryStore, monkeypatch) -> None:
     rng = np.random.default_rng(8)
     store.write_windows([make_window("s", T0, rng)])
-    real_commit = history._commit
+    real_commit = atomic._commit
 
     def fail(temp, final):
         assert temp.exists() and temp.stat().st_size > 0  # the temporary file was fully written
         raise OSError("disk full")
 
-    monkeypatch.setattr(history, "_commit", fail)
+    monkeypatch.setattr(atomic, "_commit", fail)
     with pytest.raises(OSError, match="disk full"):
         store.write_windows([make_window("s", T0 + 3600, rng)])
-    monkeypatch.setattr(history, "_commit", real_commit)
+    monkeypatch.setattr(atomic, "_commit", real_commit)
     assert [w.start for w in store.read_windows()] == [T0]
     assert not [p for p in store.root.rglob("*") if ".tmp-" in p.name], "failed writes must clean their temp files"
 
 
 def test_crash_between_concepts_and_header_hides_the_batch(store: HistoryStore, monkeypatch) -> None:
     rng = np.random.default_rng(9)
-    real_commit = history._commit
+    real_commit = atomic._commit
     calls = []
 
     def second_fails(temp, final):
@@ -237,10 +238,10 @@ def test_crash_between_concepts_and_header_hides_the_batch(store: HistoryStore, 
             raise KeyboardInterrupt
         real_commit(temp, final)
 
-    monkeypatch.setattr(history, "_commit", second_fails)
+    monkeypatch.setattr(atomic, "_commit", second_fails)
     with pytest.raises(KeyboardInterrupt):
         store.write_windows([make_window("s", T0, rng)])
-    monkeypatch.setattr(history, "_commit", real_commit)
+    monkeypatch.setattr(atomic, "_commit", real_commit)
     assert "window_concepts" in str(calls[0])
     assert store.read_windows() == []  # the orphan concept file is invisible
     assert store.compact()["orphans_removed"] == 1
