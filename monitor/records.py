@@ -57,20 +57,54 @@ class SparseCodes:
     def to_dense(self) -> np.ndarray:
         """Dense (n, n_concepts) float32 weight matrix; for tests and small batches."""
         out = np.zeros((len(self), self.n_concepts), dtype=np.float32)
-        rows = np.repeat(np.arange(len(self)), self.l0)
-        out[rows, self.indices] = self.values
+        out[self.nonzero_rows(), self.indices] = self.values
         return out
 
+    def nonzero_rows(self) -> np.ndarray:
+        """Row number of every stored nonzero (int64, shape (nnz,)): the CSR row index expanded."""
+        return np.repeat(np.arange(len(self), dtype=np.int64), self.l0)
+
+    def slice(self, lo: int, hi: int) -> "SparseCodes":
+        """Rows ``lo:hi`` as a new SparseCodes that shares the arrays (a view, no copy)."""
+        a, b = int(self.indptr[lo]), int(self.indptr[hi])
+        return SparseCodes(
+            indptr=self.indptr[lo:hi + 1] - a, indices=self.indices[a:b], values=self.values[a:b],
+            fidelity=self.fidelity[lo:hi], l1=self.l1[lo:hi], n_concepts=self.n_concepts,
+            converged=None if self.converged is None else self.converged[lo:hi],
+        )
+
+    def row_mask(self, rows: np.ndarray | list[int]) -> np.ndarray:
+        """A boolean row mask from a boolean mask (checked) or an index array."""
+        rows = np.asarray(rows)
+        n = len(self)
+        if rows.dtype == bool:
+            if rows.shape != (n,):
+                raise ValueError(f"rows: boolean mask must have shape ({n},), got {rows.shape}")
+            return rows
+        mask = np.zeros(n, dtype=bool)
+        mask[rows.astype(np.int64)] = True
+        return mask
+
+    def select(self, rows: np.ndarray | list[int]) -> "SparseCodes":
+        """The rows picked by a boolean mask or an index array, kept in their original order."""
+        mask = self.row_mask(rows)
+        lengths = self.l0[mask]
+        indptr = np.zeros(len(lengths) + 1, dtype=np.int64)
+        np.cumsum(lengths, out=indptr[1:])
+        nz = np.repeat(mask, self.l0)
+        return SparseCodes(indptr=indptr, indices=self.indices[nz], values=self.values[nz],
+                           fidelity=self.fidelity[mask], l1=self.l1[mask], n_concepts=self.n_concepts,
+                           converged=None if self.converged is None else self.converged[mask])
+
     def take(self, rows: np.ndarray | list[int]) -> "SparseCodes":
-        """A new SparseCodes holding only the given rows, in that order."""
-        rows = np.asarray(rows, dtype=np.int64)
+        """A new SparseCodes holding only the given rows, in that order (repeats allowed)."""
+        rows = np.asarray(rows, dtype=np.int64).reshape(-1)
         lengths = self.l0[rows]
         indptr = np.zeros(len(rows) + 1, dtype=np.int64)
         np.cumsum(lengths, out=indptr[1:])
-        if len(rows):
-            gather = np.concatenate([np.arange(self.indptr[r], self.indptr[r + 1]) for r in rows])
-        else:
-            gather = np.zeros(0, dtype=np.int64)
+        # position of every gathered nonzero: its row's start in the source plus its rank inside the row
+        rank = np.arange(int(indptr[-1]), dtype=np.int64) - np.repeat(indptr[:-1], lengths)
+        gather = np.repeat(self.indptr[rows], lengths) + rank
         return SparseCodes(
             indptr=indptr,
             indices=self.indices[gather],
@@ -80,6 +114,22 @@ class SparseCodes:
             n_concepts=self.n_concepts,
             converged=None if self.converged is None else self.converged[rows],
         )
+
+    @classmethod
+    def concat(cls, parts: "list[SparseCodes]") -> "SparseCodes":
+        """The rows of ``parts`` one after another (all over the same concept space)."""
+        if not parts:
+            raise ValueError("concat needs at least one SparseCodes")
+        spaces = {p.n_concepts for p in parts}
+        if len(spaces) != 1:
+            raise ValueError(f"concat: parts index different concept spaces {sorted(spaces)}")
+        offsets = np.cumsum([0] + [len(p.indices) for p in parts])
+        indptr = np.concatenate([[0]] + [p.indptr[1:] + off for p, off in zip(parts, offsets[:-1])])
+        conv = None if any(p.converged is None for p in parts) else np.concatenate([p.converged for p in parts])
+        return cls(indptr=indptr.astype(np.int64), indices=np.concatenate([p.indices for p in parts]),
+                   values=np.concatenate([p.values for p in parts]),
+                   fidelity=np.concatenate([p.fidelity for p in parts]),
+                   l1=np.concatenate([p.l1 for p in parts]), n_concepts=parts[0].n_concepts, converged=conv)
 
     @classmethod
     def from_dense(
@@ -160,7 +210,7 @@ class Alarm:
     """One drift finding a person can act on: what drifted, which way, by how much, how sure."""
 
     stream: str
-    kind: str  # "prevalence" | "activation" | "stream" | "embedding"
+    kind: str  # "prevalence" | "activation" | "stream"
     direction: str  # "up" | "down" | "none" (stream-level)
     concept_index: int  # -1 for stream-level alarms
     concept: str  # concept name, "" for stream-level alarms

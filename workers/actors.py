@@ -528,25 +528,13 @@ def _stop_exporter(exporter) -> None:
 
 
 def _monitor_to_bytes(monitor) -> bytes:
-    import tempfile
-    from pathlib import Path
-
-    with tempfile.TemporaryDirectory(prefix="splice-state-") as tmp:
-        path = Path(tmp) / "state.npz"
-        monitor.save(path)
-        return path.read_bytes()
+    return monitor.to_bytes()
 
 
 def _monitor_from_bytes(blob: bytes):
-    import tempfile
-    from pathlib import Path
+    from monitor.drift import ConceptMonitor
 
-    from monitor.drift.monitor import ConceptMonitor
-
-    with tempfile.TemporaryDirectory(prefix="splice-state-") as tmp:
-        path = Path(tmp) / "state.npz"
-        path.write_bytes(blob)
-        return ConceptMonitor.load(path)
+    return ConceptMonitor.from_bytes(blob)
 
 
 def _make_history(root: str, concept_names: list[str], concept_space: str):

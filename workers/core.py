@@ -364,7 +364,7 @@ class Worker:
                     continue
                 parts.append(res.codes)
                 kept.append(r)
-            return (_concat_codes(parts) if parts else None), np.asarray(kept, dtype=np.int64)
+            return (SparseCodes.concat(parts) if parts else None), np.asarray(kept, dtype=np.int64)
         for row, detail in result.rejected:
             dead.append(_dead(items[int(row)], "bad_embedding", str(detail)))
         return result.codes, np.asarray(result.kept, dtype=np.int64)
@@ -411,16 +411,6 @@ def _tensor_preprocess(image, plan: dict):
     x = TF.center_crop(x, plan["crop"])
     x = x.float().div_(255.0)
     return TF.normalize(x, plan["mean"], plan["std"])
-
-
-def _concat_codes(parts: list[SparseCodes]) -> SparseCodes:
-    offsets = np.cumsum([0] + [len(p.indices) for p in parts])
-    indptr = np.concatenate([[0]] + [p.indptr[1:] + off for p, off in zip(parts, offsets[:-1])]).astype(np.int64)
-    conv = None if any(p.converged is None for p in parts) else np.concatenate([p.converged for p in parts])
-    return SparseCodes(indptr=indptr, indices=np.concatenate([p.indices for p in parts]),
-                       values=np.concatenate([p.values for p in parts]),
-                       fidelity=np.concatenate([p.fidelity for p in parts]),
-                       l1=np.concatenate([p.l1 for p in parts]), n_concepts=parts[0].n_concepts, converged=conv)
 
 
 def _dead(item: WorkItem, reason: str, detail: str) -> DeadLetter:

@@ -1,6 +1,6 @@
 """Drift tests between a reference and a current window: per-concept prevalence and mean-activation tests with
 analytic, ERT-calibrated thresholds corrected across all concepts, hysteresis so alarms do not flap, a stream-level
-divergence score, and an optional online MMD test on dense embeddings. The derivation is in docs/drift.md.
+divergence score. The derivation is in docs/drift.md.
 
 Each test turns the window statistics into *evidence* e = -log(p-bound), where p-bound is a rigorous upper bound on
 the one-sided p-value of the observed difference under "reference and current images are exchangeable". A step
@@ -24,6 +24,7 @@ import numpy as np
 from scipy.special import rel_entr
 from scipy.stats import hypergeom
 
+from monitor.errors import ConfigError
 from monitor.records import Alarm
 from monitor.drift.stats import WindowStats
 
@@ -33,8 +34,6 @@ __all__ = [
     "StepResult",
     "ConceptDriftTest",
     "AlarmBook",
-    "MMDConfig",
-    "MMDDriftOnline",
     "prevalence_evidence",
     "activation_evidence",
     "bernoulli_kl",
@@ -88,21 +87,21 @@ class DriftConfig:
 
     def __post_init__(self) -> None:
         if not (self.ert > 1):
-            raise ValueError(f"DriftConfig.ert must be > 1 step, got {self.ert!r}")
+            raise ConfigError(f"DriftConfig.ert must be > 1 step, got {self.ert!r}")
         bad = [k for k in self.kinds if k not in KINDS]
         if bad or not self.kinds:
-            raise ValueError(f"DriftConfig.kinds must be a non-empty subset of {KINDS}, got {self.kinds!r}")
+            raise ConfigError(f"DriftConfig.kinds must be a non-empty subset of {KINDS}, got {self.kinds!r}")
         if self.min_support < 1 or self.min_count < 0:
-            raise ValueError(f"DriftConfig.min_support must be >= 1 and min_count >= 0, got "
+            raise ConfigError(f"DriftConfig.min_support must be >= 1 and min_count >= 0, got "
                              f"{self.min_support!r} and {self.min_count!r}")
         if not (0 < self.clear_ratio <= 1):
-            raise ValueError(f"DriftConfig.clear_ratio must be in (0, 1], got {self.clear_ratio!r}")
+            raise ConfigError(f"DriftConfig.clear_ratio must be in (0, 1], got {self.clear_ratio!r}")
         if self.clear_steps < 1:
-            raise ValueError(f"DriftConfig.clear_steps must be >= 1, got {self.clear_steps!r}")
+            raise ConfigError(f"DriftConfig.clear_steps must be >= 1, got {self.clear_steps!r}")
         if self.stream_threshold is not None and not (self.stream_threshold > 0):
-            raise ValueError(f"DriftConfig.stream_threshold must be > 0 bits or None, got {self.stream_threshold!r}")
+            raise ConfigError(f"DriftConfig.stream_threshold must be > 0 bits or None, got {self.stream_threshold!r}")
         if not (isinstance(self.min_prevalence_change, (int, float)) and 0.0 <= self.min_prevalence_change < 1.0):
-            raise ValueError(f"DriftConfig.min_prevalence_change must be a number in [0, 1) (absolute prevalence "
+            raise ConfigError(f"DriftConfig.min_prevalence_change must be a number in [0, 1) (absolute prevalence "
                              f"difference), got {self.min_prevalence_change!r}")
         object.__setattr__(self, "kinds", tuple(self.kinds))
 
@@ -376,22 +375,6 @@ class AlarmBook:
                 self.n_fired += 1
         return out
 
-    def add_external(self, key: tuple[int, int], alarm: Alarm | None, still: bool) -> Alarm | None:
-        """Hysteresis for alarms decided elsewhere (the embedding MMD test): ``alarm`` when it fires now."""
-        entry = self._active.get(key)
-        if entry is None:
-            if alarm is None:
-                return None
-            self._active[key] = _Active(alarm)
-            self.n_fired += 1
-            return alarm
-        entry.below = 0 if still else entry.below + 1
-        if entry.below >= self.config.clear_steps:
-            del self._active[key]
-            old = entry.alarm
-            return Alarm(**{**asdict(old), "state": "resolved"})
-        return None
-
     def state_dict(self) -> dict[str, Any]:
         keys = list(self._active)
         return {
@@ -406,102 +389,3 @@ class AlarmBook:
         self._active = {}
         for key, below, alarm in zip(state["keys"].tolist(), state["below"].tolist(), state["alarms"]):
             self._active[(int(key[0]), int(key[1]))] = _Active(Alarm(**alarm), int(below))
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# online MMD on dense embeddings
-
-
-@dataclass(frozen=True)
-class MMDConfig:
-    """Online MMD test on dense embeddings: ``reference_size`` reference embeddings, ``window`` current ones per
-    test, threshold = the (1 - 1/ERT) quantile of ``n_bootstraps`` null statistics from splits of the reference."""
-
-    reference_size: int = 500
-    window: int = 200
-    n_bootstraps: int = 2000
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        if self.window < 2 or self.reference_size < 2 * self.window:
-            raise ValueError(f"MMDConfig needs window >= 2 and reference_size >= 2 x window, got "
-                             f"window={self.window!r}, reference_size={self.reference_size!r}")
-        if self.n_bootstraps < 50:
-            raise ValueError(f"MMDConfig.n_bootstraps must be >= 50, got {self.n_bootstraps!r}")
-
-
-class MMDDriftOnline:
-    """Unbiased MMD^2 with a Gaussian kernel (median-heuristic bandwidth) between a fixed reference sample and each
-    current window, thresholded at the (1 - 1/ERT) quantile of its null distribution estimated by splitting the
-    reference into pseudo-reference and pseudo-window (a per-step rate of 1/ERT is resolvable by a bootstrap)."""
-
-    def __init__(self, reference: np.ndarray, *, window: int, ert: float, n_bootstraps: int = 2000,
-                 bandwidth: float | None = None, seed: int = 0) -> None:
-        x = np.asarray(reference, dtype=np.float32)
-        if x.ndim != 2 or len(x) < 2 * window:
-            raise ValueError(f"reference must be (R, d) with R >= 2 x window = {2 * window}, got shape {x.shape}")
-        if not np.all(np.isfinite(x)):
-            raise ValueError("reference embeddings contain NaN or inf")
-        self.window = int(window)
-        self.ert = float(ert)
-        self.reference = x
-        self._x_sq = np.einsum("ij,ij->i", x, x)
-        if bandwidth is None:
-            rng = np.random.default_rng(seed)
-            sub = x[rng.choice(len(x), size=min(len(x), 500), replace=False)]
-            d2 = self._sqdist(sub, sub)
-            bandwidth = float(np.sqrt(0.5 * np.median(d2[np.triu_indices(len(sub), 1)])))
-        self.bandwidth = max(float(bandwidth), 1e-12)
-        k_xx = self._kernel(x, self._x_sq, x, self._x_sq)
-        self._kxx_offdiag_sum = float(k_xx.sum() - len(x))
-        self.null = self._bootstrap(k_xx, int(n_bootstraps), np.random.default_rng(seed + 1))
-        self.threshold = float(np.quantile(self.null, 1.0 - 1.0 / self.ert))
-
-    @staticmethod
-    def _sqdist(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-        d = np.einsum("ij,ij->i", a, a)[:, None] + np.einsum("ij,ij->i", b, b)[None, :] - 2.0 * (a @ b.T)
-        return np.maximum(d, 0.0)
-
-    def _kernel(self, a, a_sq, b, b_sq) -> np.ndarray:
-        d2 = np.maximum(a_sq[:, None] + b_sq[None, :] - 2.0 * (a @ b.T), 0.0)
-        return np.exp(-d2 / (2.0 * self.bandwidth ** 2))
-
-    def _bootstrap(self, k: np.ndarray, n_boot: int, rng: np.random.Generator) -> np.ndarray:
-        r, n = len(k), self.window
-        m = r - n
-        row = k.sum(axis=1)
-        total = row.sum()
-        out = np.empty(n_boot)
-        chunk = 256
-        for lo in range(0, n_boot, chunk):
-            b = min(chunk, n_boot - lo)
-            u = np.zeros((b, r), dtype=np.float32)
-            picks = np.argsort(rng.random((b, r)), axis=1)[:, :n]
-            np.put_along_axis(u, picks, 1.0, axis=1)
-            uk = u @ k
-            kyy = np.einsum("ij,ij->i", uk, u)
-            kyd = u @ row
-            kxy = kyd - kyy
-            kxx = total - 2.0 * kyd + kyy
-            out[lo:lo + b] = (kxx - m) / (m * (m - 1)) + (kyy - n) / (n * (n - 1)) - 2.0 * kxy / (m * n)
-        return out
-
-    def score(self, current: np.ndarray) -> float:
-        """Unbiased MMD^2 between the reference and ``current`` (n, d)."""
-        y = np.asarray(current, dtype=np.float32)
-        if y.ndim != 2 or y.shape[1] != self.reference.shape[1] or len(y) < 2:
-            raise ValueError(f"current must be (n >= 2, {self.reference.shape[1]}), got shape {y.shape}")
-        y_sq = np.einsum("ij,ij->i", y, y)
-        r, n = len(self.reference), len(y)
-        k_yy = self._kernel(y, y_sq, y, y_sq)
-        k_xy = self._kernel(self.reference, self._x_sq, y, y_sq)
-        return float(self._kxx_offdiag_sum / (r * (r - 1)) + (k_yy.sum() - n) / (n * (n - 1))
-                     - 2.0 * k_xy.sum() / (r * n))
-
-    def p_value(self, score: float) -> float:
-        """Bootstrap p-value (resolution 1 / (n_bootstraps + 1))."""
-        return float((1 + np.sum(self.null >= score)) / (len(self.null) + 1))
-
-    def test(self, current: np.ndarray) -> tuple[float, bool]:
-        s = self.score(current)
-        return s, s > self.threshold

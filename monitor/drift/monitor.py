@@ -25,13 +25,15 @@ from typing import Any, Callable
 
 import numpy as np
 
-from monitor.drift.detectors import AlarmBook, ConceptDriftTest, DriftConfig, MMDConfig, MMDDriftOnline, StepResult
+from monitor.drift import state as _state
+from monitor.drift.detectors import AlarmBook, ConceptDriftTest, DriftConfig, StepResult
+from monitor.errors import ConfigError
 from monitor.records import Alarm, ItemMeta, SparseCodes, WindowSummary
-from monitor.drift.stats import WindowStats, load_state, save_state
+from monitor.drift.stats import WindowStats
 from monitor.drift.windows import ClosedWindow, Reference, ReferenceConfig, TumblingWindows, WindowConfig, WindowRing
 
 __all__ = ["DEFAULT_MAX_STREAMS", "MonitorConfig", "StreamStatus", "StreamMonitor", "ConceptMonitor", "WindowConfig",
-           "ReferenceConfig", "DriftConfig", "MMDConfig"]
+           "ReferenceConfig", "DriftConfig"]
 
 # One bound for every per-stream structure (monitors here, metric label sets in monitor.metrics.families), so the
 # aggregator hits the same limit everywhere and can check it once before it changes any state.
@@ -44,7 +46,7 @@ def _from_dict(cls, data: dict[str, Any] | None):
     allowed = {f.name for f in fields(cls)}
     unknown = sorted(set(data) - allowed)
     if unknown:
-        raise ValueError(f"{cls.__name__}: unknown keys {unknown}; allowed: {sorted(allowed)}")
+        raise ConfigError(f"{cls.__name__}: unknown keys {unknown}; allowed: {sorted(allowed)}")
     return cls(**data)
 
 
@@ -55,7 +57,6 @@ class MonitorConfig:
     window: WindowConfig = field(default_factory=WindowConfig)
     reference: ReferenceConfig = field(default_factory=ReferenceConfig)
     drift: DriftConfig = field(default_factory=DriftConfig)
-    mmd: MMDConfig | None = None  # None: no embedding test
     concept_space: str = ""
     max_pending_windows: int = 1024  # closed summaries kept for closed_windows(); the oldest are dropped beyond
     max_streams: int = DEFAULT_MAX_STREAMS  # ConceptMonitor: bound on the number of streams tracked
@@ -72,7 +73,7 @@ class MonitorConfig:
         allowed = {f.name for f in fields(cls)}
         unknown = sorted(set(data) - allowed)
         if unknown:
-            raise ValueError(f"MonitorConfig: unknown keys {unknown}; allowed: {sorted(allowed)}")
+            raise ConfigError(f"MonitorConfig: unknown keys {unknown}; allowed: {sorted(allowed)}")
         drift = data.get("drift")
         if drift is not None and "kinds" in drift:
             drift = {**drift, "kinds": tuple(drift["kinds"])}
@@ -80,7 +81,6 @@ class MonitorConfig:
             window=_from_dict(WindowConfig, data.get("window")) or WindowConfig(),
             reference=_from_dict(ReferenceConfig, data.get("reference")) or ReferenceConfig(),
             drift=_from_dict(DriftConfig, drift) or DriftConfig(),
-            mmd=_from_dict(MMDConfig, data.get("mmd")),
             **{k: data[k] for k in ("concept_space", "max_pending_windows", "max_streams") if k in data},
         )
 
@@ -106,29 +106,8 @@ class StreamStatus:
     threshold: float  # evidence needed to fire at the last step
     n_hypotheses: int
     stream_score: float  # Jensen-Shannon divergence (bits) between reference and current concept mass
-    embedding_score: float  # MMD^2 at the last step (nan without the embedding test)
-    embedding_threshold: float
     active_alarms: list[Alarm]
     n_alarms_fired: int
-
-
-def _slice_rows(codes: SparseCodes, lo: int, hi: int) -> SparseCodes:
-    a, b = codes.indptr[lo], codes.indptr[hi]
-    return SparseCodes(
-        indptr=codes.indptr[lo:hi + 1] - a, indices=codes.indices[a:b], values=codes.values[a:b],
-        fidelity=codes.fidelity[lo:hi], l1=codes.l1[lo:hi], n_concepts=codes.n_concepts,
-        converged=None if codes.converged is None else codes.converged[lo:hi],
-    )
-
-
-def _mask_rows(codes: SparseCodes, mask: np.ndarray) -> SparseCodes:
-    nz = np.repeat(mask, codes.l0)
-    lengths = codes.l0[mask]
-    indptr = np.zeros(len(lengths) + 1, dtype=np.int64)
-    np.cumsum(lengths, out=indptr[1:])
-    return SparseCodes(indptr=indptr, indices=codes.indices[nz], values=codes.values[nz],
-                       fidelity=codes.fidelity[mask], l1=codes.l1[mask], n_concepts=codes.n_concepts,
-                       converged=None if codes.converged is None else codes.converged[mask])
 
 
 class StreamMonitor:
@@ -162,15 +141,10 @@ class StreamMonitor:
         # closed-window count when the fixed reference was completed / the history reference loaded: reference age
         self._fixed_mark: int | None = None
         self._history_mark = 0
-        # embedding test state: bounded buffers
-        self._mmd: MMDDriftOnline | None = None
-        self._mmd_ref: list[np.ndarray] = []
-        self._mmd_cur: deque[np.ndarray] = deque(maxlen=cfg.mmd.window if cfg.mmd else 1)
-        self._mmd_score = math.nan
 
     # -- feeding ----------------------------------------------------------------------------------------------
     def update(self, codes: SparseCodes, items: list[ItemMeta] | None = None, *,
-               timestamps: np.ndarray | None = None, embeddings: np.ndarray | None = None) -> list[Alarm]:
+               timestamps: np.ndarray | None = None) -> list[Alarm]:
         """Add a batch (rows aligned with ``items``, or with ``timestamps`` when items are not at hand); returns
         the alarms (firing and resolved) raised by the windows this batch closed."""
         n = len(codes)
@@ -186,47 +160,11 @@ class StreamMonitor:
         ts = np.asarray(timestamps, dtype=np.float64)
         if ts.shape != (n,):
             raise ValueError(f"timestamps: expected shape ({n},), got {ts.shape}")
-        if embeddings is not None:
-            embeddings = np.asarray(embeddings, dtype=np.float32)
-            if embeddings.ndim != 2 or len(embeddings) != n:
-                raise ValueError(f"embeddings: expected shape ({n}, d), got {embeddings.shape}")
-        alarms: list[Alarm] = []
         if n == 0:
-            return alarms
-        # count windows are fed up to each boundary so that the embedding buffer matches the window it closes
-        if self.config.window.kind == "count":
-            size = int(self.config.window.size)
-            pos = 0
-            while pos < n:
-                filled = sum(w.stats.n_images for w in self.windows.open_windows())
-                hi = min(n, pos + size - filled)
-                part = codes if (pos == 0 and hi == n) else _slice_rows(codes, pos, hi)
-                alarms += self._feed(part, ts[pos:hi], None if embeddings is None else embeddings[pos:hi])
-                pos = hi
-        else:
-            alarms += self._feed(codes, ts, embeddings)
-        return alarms
-
-    def _feed(self, codes: SparseCodes, ts: np.ndarray, emb: np.ndarray | None) -> list[Alarm]:
+            return []
         n_ref = self.reference.offer(codes, ts)
-        if emb is not None and self.config.mmd is not None:
-            self._feed_embeddings(emb)
         closed = self.windows.add(codes, ts, n_reference=n_ref)
         return self._on_closed(closed)
-
-    def _feed_embeddings(self, emb: np.ndarray) -> None:
-        cfg = self.config.mmd
-        have = sum(len(e) for e in self._mmd_ref)
-        if self._mmd is None and have < cfg.reference_size:
-            take = emb[: cfg.reference_size - have]
-            self._mmd_ref.append(take.copy())
-            emb = emb[len(take):]
-            if have + len(take) >= cfg.reference_size:
-                self._mmd = MMDDriftOnline(np.concatenate(self._mmd_ref), window=cfg.window,
-                                           ert=self.config.drift.ert, n_bootstraps=cfg.n_bootstraps, seed=cfg.seed)
-                self._mmd_ref = []
-        for row in emb:
-            self._mmd_cur.append(row)
 
     def flush(self) -> list[Alarm]:
         """Close and test every open window (end of a finite stream, or shutdown)."""
@@ -264,21 +202,6 @@ class StreamMonitor:
         self._last_current = cur_stats.to_summary(self.stream, cur_start, cur_end, self.config.concept_space)
         self._last_reference = ref_stats.to_summary(self.stream, ref_start, ref_end, self.config.concept_space)
         alarms = self.book.step(res, (cur_start, cur_end), (ref_start, ref_end))
-        if self._mmd is not None and len(self._mmd_cur) >= self.config.mmd.window:
-            score = self._mmd.score(np.stack(self._mmd_cur))
-            self._mmd_score = score
-            fired = score > self._mmd.threshold
-            new = None
-            if fired:
-                new = Alarm(stream=self.stream, kind="embedding", direction="none", concept_index=-1, concept="",
-                            reference_prevalence=math.nan, current_prevalence=math.nan, reference_mean=math.nan,
-                            current_mean=math.nan, effect_size=score, score=score,
-                            p_value=self._mmd.p_value(score), window_start=cur_start, window_end=cur_end,
-                            reference_start=ref_start, reference_end=ref_end)
-            still = score >= self.config.drift.clear_ratio * self._mmd.threshold
-            out = self.book.add_external((-2, -2), new, still)
-            if out is not None:
-                alarms.append(out)
         return alarms
 
     # -- reading ----------------------------------------------------------------------------------------------
@@ -322,8 +245,6 @@ class StreamMonitor:
             threshold=res.threshold if res is not None else math.nan,
             n_hypotheses=res.n_hypotheses if res is not None else 0,
             stream_score=res.stream_score if res is not None else math.nan,
-            embedding_score=self._mmd_score,
-            embedding_threshold=self._mmd.threshold if self._mmd is not None else math.nan,
             active_alarms=self.book.active,
             n_alarms_fired=self.book.n_fired,
         )
@@ -345,7 +266,7 @@ class StreamMonitor:
 
     # -- state ------------------------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
-        """Everything needed to resume after a restart (embedding buffers excepted: the MMD test re-warms)."""
+        """Everything needed to resume after a restart ."""
         return {
             "stream": self.stream,
             "config": self.config.to_dict(),
@@ -375,15 +296,20 @@ class StreamMonitor:
         out._history_mark = int(state["history_mark"])
         return out
 
+    def to_bytes(self) -> bytes:
+        """The whole state as bytes (:func:`monitor.drift.state.dumps`)."""
+        return _state.dumps(self)
+
+    @classmethod
+    def from_bytes(cls, blob: bytes, on_window: Callable[[WindowSummary], None] | None = None) -> "StreamMonitor":
+        return _state.loads(blob, cls, on_window=on_window)
+
     def save(self, path: str | Path) -> None:
-        save_state(path, {"class": "StreamMonitor", "state": self.state_dict()})
+        _state.save(self, path)
 
     @classmethod
     def load(cls, path: str | Path, on_window: Callable[[WindowSummary], None] | None = None) -> "StreamMonitor":
-        blob = load_state(path)
-        if blob.get("class") != "StreamMonitor":
-            raise ValueError(f"{path}: holds a {blob.get('class')!r} state, expected 'StreamMonitor'")
-        return cls.from_state(blob["state"], on_window=on_window)
+        return _state.load(path, cls, on_window=on_window)
 
 
 class ConceptMonitor:
@@ -414,8 +340,7 @@ class ConceptMonitor:
                                                         on_window=self.on_window)
         return mon
 
-    def update(self, codes: SparseCodes, items: list[ItemMeta], *, embeddings: np.ndarray | None = None
-               ) -> list[Alarm]:
+    def update(self, codes: SparseCodes, items: list[ItemMeta]) -> list[Alarm]:
         """Route the rows of a batch to their streams' monitors; returns all alarms raised."""
         if len(items) != len(codes):
             raise ValueError(f"items: {len(items)} items for {len(codes)} rows of codes")
@@ -427,15 +352,13 @@ class ConceptMonitor:
                              f"max_streams={self.config.max_streams}; tracked: {sorted(self.monitors)[:10]}")
         first = streams[0] if streams else None
         if all(s == first for s in streams):
-            return self.monitor(first).update(codes, items, embeddings=embeddings) if first is not None else []
+            return self.monitor(first).update(codes, items) if first is not None else []
         names = np.array(streams, dtype=object)
         alarms: list[Alarm] = []
         for stream in dict.fromkeys(streams):
             mask = names == stream
             sel = np.flatnonzero(mask)
-            alarms += self.monitor(stream).update(
-                _mask_rows(codes, mask), [items[i] for i in sel],
-                embeddings=None if embeddings is None else np.asarray(embeddings)[mask])
+            alarms += self.monitor(stream).update(codes.select(mask), [items[i] for i in sel])
         return alarms
 
     def flush(self) -> list[Alarm]:
@@ -484,12 +407,17 @@ class ConceptMonitor:
             out.monitors[mon.stream] = mon
         return out
 
+    def to_bytes(self) -> bytes:
+        """The whole state (every stream) as bytes (:func:`monitor.drift.state.dumps`)."""
+        return _state.dumps(self)
+
+    @classmethod
+    def from_bytes(cls, blob: bytes, on_window: Callable[[WindowSummary], None] | None = None) -> "ConceptMonitor":
+        return _state.loads(blob, cls, on_window=on_window)
+
     def save(self, path: str | Path) -> None:
-        save_state(path, {"class": "ConceptMonitor", "state": self.state_dict()})
+        _state.save(self, path)
 
     @classmethod
     def load(cls, path: str | Path, on_window: Callable[[WindowSummary], None] | None = None) -> "ConceptMonitor":
-        blob = load_state(path)
-        if blob.get("class") != "ConceptMonitor":
-            raise ValueError(f"{path}: holds a {blob.get('class')!r} state, expected 'ConceptMonitor'")
-        return cls.from_state(blob["state"], on_window=on_window)
+        return _state.load(path, cls, on_window=on_window)

@@ -16,15 +16,13 @@ windows from several workers combine into the same numbers a single process woul
 
 from __future__ import annotations
 
-import io
-import json
 import math
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from monitor.atomic import atomic_write_bytes
+from monitor.drift import state
 from monitor.records import SparseCodes, WindowSummary
 
 __all__ = [
@@ -32,32 +30,13 @@ __all__ = [
     "Moments",
     "ConceptMoments",
     "WindowStats",
-    "rows_of_nonzeros",
-    "save_state",
-    "load_state",
 ]
-
-_STATE_FORMAT = "splice-monitor-state/1"
-
-
-def rows_of_nonzeros(codes: SparseCodes) -> np.ndarray:
-    """Row number of every stored nonzero of ``codes`` (int64, shape (nnz,))."""
-    return np.repeat(np.arange(len(codes), dtype=np.int64), codes.l0)
-
 
 def _select(codes: SparseCodes, rows: np.ndarray | None) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """(indices, values, fidelity, l0) of the selected rows without building a new SparseCodes (cheap row masks)."""
     if rows is None:
         return codes.indices, codes.values, codes.fidelity, codes.l0
-    rows = np.asarray(rows)
-    n = len(codes)
-    if rows.dtype == bool:
-        if rows.shape != (n,):
-            raise ValueError(f"rows: boolean mask must have shape ({n},), got {rows.shape}")
-        mask = rows
-    else:
-        mask = np.zeros(n, dtype=bool)
-        mask[rows.astype(np.int64)] = True
+    mask = codes.row_mask(rows)
     nz_mask = np.repeat(mask, codes.l0)
     return codes.indices[nz_mask], codes.values[nz_mask], codes.fidelity[mask], codes.l0[mask]
 
@@ -98,15 +77,19 @@ class Statistic:
 
     __hash__ = None  # mutable
 
+    def to_bytes(self) -> bytes:
+        return state.dumps(self)
+
+    @classmethod
+    def from_bytes(cls, blob: bytes):
+        return state.loads(blob, cls)
+
     def save(self, path: str | Path) -> None:
-        save_state(path, {"class": type(self).__name__, "state": self.state_dict()})
+        state.save(self, path)
 
     @classmethod
     def load(cls, path: str | Path):
-        blob = load_state(path)
-        if blob.get("class") != cls.__name__:
-            raise ValueError(f"{path}: holds a {blob.get('class')!r} state, expected {cls.__name__!r}")
-        return cls.from_state(blob["state"])
+        return state.load(path, cls)
 
 
 class Moments(Statistic):
@@ -363,84 +346,6 @@ class WindowStats(Statistic):
             out.time.sum = out.time.min + out.time.max
             out.time.sq_sum = out.time.min ** 2 + out.time.max ** 2
         return out
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# pickle-free state files
-
-
-def _flatten(prefix: str, value: Any, arrays: dict[str, np.ndarray], kinds: dict[str, str]) -> None:
-    if isinstance(value, dict):
-        kinds[prefix] = "dict"
-        for key, sub in value.items():
-            if "/" in str(key):
-                raise ValueError(f"state key {key!r} must not contain '/'")
-            _flatten(f"{prefix}/{key}" if prefix else str(key), sub, arrays, kinds)
-        return
-    if value is None:
-        kinds[prefix] = "none"
-        return
-    if isinstance(value, (bool, np.bool_)):
-        kinds[prefix], arrays[prefix] = "bool", np.array(bool(value))
-    elif isinstance(value, (int, np.integer)):
-        kinds[prefix], arrays[prefix] = "int", np.array(int(value), dtype=np.int64)
-    elif isinstance(value, (float, np.floating)):
-        kinds[prefix], arrays[prefix] = "float", np.array(float(value), dtype=np.float64)
-    elif isinstance(value, str):
-        kinds[prefix], arrays[prefix] = "str", np.array(value, dtype=np.str_)
-    elif isinstance(value, np.ndarray):
-        if value.dtype == object:
-            raise TypeError(f"state[{prefix!r}]: object arrays cannot be saved without pickle")
-        kinds[prefix], arrays[prefix] = "array", value
-    elif isinstance(value, (list, tuple)):
-        kinds[prefix], arrays[prefix] = "json", np.array(json.dumps(value), dtype=np.str_)
-    else:
-        raise TypeError(f"state[{prefix!r}]: cannot save a {type(value).__name__}")
-
-
-def save_state(path: str | Path, state: dict[str, Any]) -> None:
-    """Write a nested dict of arrays / scalars / strings / lists to ``path`` (.npz, loadable without pickle)."""
-    arrays: dict[str, np.ndarray] = {}
-    kinds: dict[str, str] = {}
-    _flatten("", state, arrays, kinds)
-    arrays["__manifest__"] = np.array(json.dumps({"format": _STATE_FORMAT, "kinds": kinds}), dtype=np.str_)
-    buf = io.BytesIO()
-    np.savez(buf, **arrays)
-    atomic_write_bytes(path, buf.getbuffer())
-
-
-def load_state(path: str | Path) -> dict[str, Any]:
-    """Read a file written by :func:`save_state` (``allow_pickle=False``)."""
-    with np.load(path, allow_pickle=False) as npz:
-        manifest = json.loads(str(npz["__manifest__"]))
-        if manifest.get("format") != _STATE_FORMAT:
-            raise ValueError(f"{path}: not a splice-monitor state file (format {manifest.get('format')!r})")
-        root: dict[str, Any] = {}
-        for key, kind in manifest["kinds"].items():
-            if key == "":
-                continue
-            parts = key.split("/")
-            node = root
-            for part in parts[:-1]:
-                node = node.setdefault(part, {})
-            leaf = parts[-1]
-            if kind == "dict":
-                node.setdefault(leaf, {})
-            elif kind == "none":
-                node[leaf] = None
-            elif kind == "bool":
-                node[leaf] = bool(npz[key])
-            elif kind == "int":
-                node[leaf] = int(npz[key])
-            elif kind == "float":
-                node[leaf] = float(npz[key])
-            elif kind == "str":
-                node[leaf] = str(npz[key])
-            elif kind == "json":
-                node[leaf] = json.loads(str(npz[key]))
-            else:
-                node[leaf] = npz[key].copy()
-        return root
 
 
 def _states_equal(a: Any, b: Any) -> bool:

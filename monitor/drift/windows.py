@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from monitor.errors import ConfigError
 from monitor.records import SparseCodes, WindowSummary
 from monitor.drift.stats import WindowStats
 
@@ -47,20 +48,20 @@ class WindowConfig:
 
     def __post_init__(self) -> None:
         if self.kind not in WINDOW_KINDS:
-            raise ValueError(f"WindowConfig.kind must be one of {WINDOW_KINDS}, got {self.kind!r}")
+            raise ConfigError(f"WindowConfig.kind must be one of {WINDOW_KINDS}, got {self.kind!r}")
         if not (self.size > 0) or (self.kind == "count" and int(self.size) != self.size):
-            raise ValueError(f"WindowConfig.size must be a positive {'integer' if self.kind == 'count' else 'number'}"
+            raise ConfigError(f"WindowConfig.size must be a positive {'integer' if self.kind == 'count' else 'number'}"
                              f" for {self.kind} windows, got {self.size!r}")
         if self.allowed_lateness < 0:
-            raise ValueError(f"WindowConfig.allowed_lateness must be >= 0 seconds, got {self.allowed_lateness!r}")
+            raise ConfigError(f"WindowConfig.allowed_lateness must be >= 0 seconds, got {self.allowed_lateness!r}")
         if self.late_policy not in LATE_POLICIES:
-            raise ValueError(f"WindowConfig.late_policy must be one of {LATE_POLICIES}, got {self.late_policy!r}")
+            raise ConfigError(f"WindowConfig.late_policy must be one of {LATE_POLICIES}, got {self.late_policy!r}")
         if self.max_open < 1:
-            raise ValueError(f"WindowConfig.max_open must be >= 1, got {self.max_open!r}")
+            raise ConfigError(f"WindowConfig.max_open must be >= 1, got {self.max_open!r}")
         if self.view < 1:
-            raise ValueError(f"WindowConfig.view must be >= 1 closed windows, got {self.view!r}")
+            raise ConfigError(f"WindowConfig.view must be >= 1 closed windows, got {self.view!r}")
         if self.max_skew is not None and not (self.max_skew > 0):
-            raise ValueError(f"WindowConfig.max_skew must be > 0 seconds or None, got {self.max_skew!r}")
+            raise ConfigError(f"WindowConfig.max_skew must be > 0 seconds or None, got {self.max_skew!r}")
 
 
 @dataclass
@@ -306,11 +307,11 @@ class ReferenceConfig:
 
     def __post_init__(self) -> None:
         if self.mode not in REFERENCE_MODES:
-            raise ValueError(f"ReferenceConfig.mode must be one of {REFERENCE_MODES}, got {self.mode!r}")
+            raise ConfigError(f"ReferenceConfig.mode must be one of {REFERENCE_MODES}, got {self.mode!r}")
         if self.n_images < 1:
-            raise ValueError(f"ReferenceConfig.n_images must be >= 1, got {self.n_images!r}")
+            raise ConfigError(f"ReferenceConfig.n_images must be >= 1, got {self.n_images!r}")
         if self.trailing_windows < 1:
-            raise ValueError(f"ReferenceConfig.trailing_windows must be >= 1, got {self.trailing_windows!r}")
+            raise ConfigError(f"ReferenceConfig.trailing_windows must be >= 1, got {self.trailing_windows!r}")
 
 
 class Reference:

@@ -114,7 +114,7 @@ def _pick_planted(args, rng: np.random.Generator, profile) -> np.ndarray:
 
 def _scenario_run(args, kind: str, size: float, seed: int, dictionary) -> dict[str, Any]:
     from monitor.synthetic.codes import Shift, concept_profile, embed_codes, synthetic_stream
-    from monitor.drift.detectors import MMDDriftOnline
+    from workers.benchmarks.mmd import MMDDriftOnline
     from monitor.drift.monitor import StreamMonitor
 
     profile = concept_profile(args.concepts, args.mean_l0, seed=2000 + seed)

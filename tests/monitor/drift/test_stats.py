@@ -12,7 +12,8 @@ import pytest
 import monitor.drift.stats as stats_mod
 from monitor.synthetic.codes import synthetic_stream
 from monitor.records import SparseCodes
-from monitor.drift.stats import ConceptMoments, Moments, WindowStats, load_state, save_state
+from monitor.drift import state
+from monitor.drift.stats import ConceptMoments, Moments, WindowStats
 
 C = 400
 
@@ -179,11 +180,10 @@ def test_empty_statistics_round_trip_and_load_checks_class(tmp_path):
         ConceptMoments.load(tmp_path / "m.npz")
 
 
-def test_state_file_keeps_nested_types(tmp_path):
-    state = {"a": 1, "b": 2.5, "c": "x", "d": None, "e": [1, "two"], "f": {"g": np.arange(3), "h": {}},
-             "i": True, "names": np.array(["snow", "beach"])}
-    save_state(tmp_path / "s.npz", state)
-    back = load_state(tmp_path / "s.npz")
+def test_state_bytes_keep_nested_types():
+    blob = {"a": 1, "b": 2.5, "c": "x", "d": None, "e": [1, "two"], "f": {"g": np.arange(3), "h": {}},
+            "i": True, "names": np.array(["snow", "beach"])}
+    back = state.decode(state.encode(blob))
     assert back["a"] == 1 and back["b"] == 2.5 and back["c"] == "x" and back["d"] is None
     assert back["e"] == [1, "two"] and back["f"]["h"] == {} and back["i"] is True
     np.testing.assert_array_equal(back["f"]["g"], np.arange(3))

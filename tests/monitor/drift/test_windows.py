@@ -10,6 +10,7 @@ import pytest
 from monitor.synthetic.codes import synthetic_stream
 from monitor.records import SparseCodes
 from monitor.drift.stats import WindowStats
+from monitor.errors import ConfigError
 from monitor.drift.windows import (
     ClosedWindow,
     Reference,
@@ -208,10 +209,10 @@ def test_switching_reference_mode_keeps_every_reference():
     ({"allowed_lateness": -1}, "allowed_lateness"),
 ])
 def test_window_config_names_the_bad_parameter(kwargs, match):
-    with pytest.raises(ValueError, match=match):
+    with pytest.raises(ConfigError, match=match):
         WindowConfig(**kwargs)
 
 
 def test_reference_config_names_the_bad_parameter():
-    with pytest.raises(ValueError, match="mode must be one of"):
+    with pytest.raises(ConfigError, match="mode must be one of"):
         ReferenceConfig(mode="rolling")
