@@ -54,13 +54,13 @@ class AggregatorConfig:
 
     monitor: dict[str, Any] = field(default_factory=dict)  # keyword options of the concept monitor
     metrics_port: int | None = None
-    metrics_host: str = "0.0.0.0"
+    metrics_host: str = "127.0.0.1"  # the chart passes 0.0.0.0 (--metrics-host); a laptop run exposes nothing
+    encoder: str = ""  # for splice_build_info
     history: str | None = None
     write_codes: bool = False
     dead_letter: str | None = None
     keep_alarms: int = 1000
     reference_history: dict[str, Any] | None = None  # {"store", "start", "end"}: load the reference from history
-    collect_metrics: bool = False  # keep the metrics registry without serving it (a batch job that pushes at the end)
 
 
 @dataclass
@@ -95,8 +95,9 @@ class AggregatorCore:
         self.monitor = _make_monitor(self.concept_names, concept_space, config.monitor)
         self.metrics = None
         self.exporter = None
-        if config.metrics_port is not None or config.collect_metrics:
-            self.metrics, self.exporter = _make_metrics(self.concept_names, config.metrics_port, config.metrics_host)
+        if config.metrics_port is not None:
+            self.metrics, self.exporter = _make_metrics(self.concept_names, config.metrics_port, config.metrics_host,
+                                                        build=(config.encoder or "unknown", concept_space))
         self.history = None
         self._window_day: dict[str, int] = {}  # latest UTC day written per stream (triggers compaction)
         if config.history:
@@ -428,15 +429,6 @@ class AggregatorCore:
         if old and old != name:
             self.history.delete_checkpoint_file(old)
 
-    def push_metrics(self, gateway: str, job: str, grouping_key: dict[str, str]) -> None:
-        """Push the whole metrics registry to a Prometheus Pushgateway (the end of a batch job); a gateway that
-        cannot be reached is a ConnectionError naming it."""
-        from monitor.metrics.exporter import push_metrics
-
-        if self.metrics is None:
-            raise ValueError("no metrics to push: the aggregator was made without metrics (collect_metrics)")
-        push_metrics(gateway, self.metrics.registry, job=job, grouping_key=grouping_key)
-
     def recent_alarms(self, n: int = 50) -> list[Alarm]:
         return list(self.alarms)[-n:]
 
@@ -497,16 +489,20 @@ def _status(monitor, stream: str) -> dict[str, Any]:
     }
 
 
-def _make_metrics(concept_names: list[str], port: int | None, host: str):
-    """MonitorMetrics on a private registry, served over HTTP by the exporter (port 0 picks a free port; None: not
-    served, only kept for a push)."""
+def _make_metrics(concept_names: list[str], port: int | None, host: str, build: tuple[str, str] = ("unknown", "")):
+    """MonitorMetrics, build info and the process collectors on a private registry, served over HTTP by the exporter
+    (port 0 picks a free port; None: not served)."""
     from prometheus_client import CollectorRegistry
 
     from monitor.metrics.exporter import MetricsExporter
     from monitor.metrics.families import MonitorMetrics
+    from monitor.metrics.runtime import BuildInfo, register_runtime_collectors
 
     registry = CollectorRegistry()
     metrics = MonitorMetrics(concept_names, registry=registry)
+    encoder, space = build
+    BuildInfo(encoder=encoder, concept_space=space or "unknown", registry=registry)
+    register_runtime_collectors(registry)
     exporter = None if port is None else MetricsExporter(registry, host=host, port=int(port))
     return metrics, exporter
 

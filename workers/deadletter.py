@@ -7,6 +7,7 @@ few letters in memory for the run summary.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 import uuid
 from collections import Counter, deque
@@ -15,6 +16,7 @@ from typing import Iterable
 
 from monitor.atomic import atomic_write_bytes
 from monitor.errors import ConfigError
+from monitor.uris import redact_text, redact_uri
 from workers.core import DeadLetter
 
 __all__ = ["DeadLetterSink", "MemorySink", "ParquetSink", "RedisSink", "open_sink", "read_parquet_dead_letters"]
@@ -30,7 +32,8 @@ class DeadLetterSink:
         self.recent: deque[DeadLetter] = deque(maxlen=keep)
 
     def write(self, letters: Iterable[DeadLetter]) -> int:
-        letters = list(letters)
+        # The last line of defence: whatever a source put in ref or detail, no URI password is ever persisted.
+        letters = [dataclasses.replace(d, ref=redact_uri(d.ref), detail=redact_text(d.detail)) for d in letters]
         if letters:
             self._persist(letters)
             for dl in letters:
@@ -107,9 +110,9 @@ class RedisSink(DeadLetterSink):
 
     def __init__(self, url: str, *, stream: str = "splice:deadletters", maxlen: int = 1_000_000, keep: int = 20):
         super().__init__(keep=keep)
-        import redis
+        from workers.redisconn import connect
 
-        self.client = redis.Redis.from_url(url)
+        self.client = connect(url)
         self.key = stream
         self.maxlen = int(maxlen)
 
@@ -146,7 +149,8 @@ def open_sink(uri: str | None, **kwargs) -> DeadLetterSink:
         if unknown:
             raise ConfigError(f"unknown parquet dead-letter option(s) {unknown}; allowed: ['flush_every']")
         return ParquetSink(path, flush_every=int(options.get("flush_every", 1000)), **kwargs)
-    raise ConfigError(f"dead-letter URI scheme must be redis or parquet (or a directory path), got {uri!r}")
+    raise ConfigError("dead-letter URI scheme must be redis or parquet (or a directory path), "
+                      f"got {redact_uri(uri)!r}")
 
 
 def read_parquet_dead_letters(path: str):

@@ -19,6 +19,7 @@ from typing import Any, Callable
 
 from monitor.errors import ConfigError
 from monitor.records import Alarm
+from monitor.uris import redact_text, redact_uri
 from workers.core import WorkerConfig
 
 __all__ = ["PipelineConfig", "RunSummary", "run_pipeline", "PipelineError"]
@@ -38,6 +39,7 @@ class PipelineConfig:
     max_in_flight: int = 0  # 0: 2 per worker
     monitor: dict[str, Any] = field(default_factory=dict)
     metrics_port: int | None = None
+    metrics_host: str = "127.0.0.1"  # where the exporter binds: loopback locally, 0.0.0.0 (the chart) in a cluster
     history: str | None = None
     write_codes: bool = False
     dead_letter: str | None = None
@@ -228,7 +230,7 @@ def run_pipeline(
     if config.checkpoint_job and not hasattr(source, "resume"):
         source.close()
         raise ConfigError(f"checkpointed (resumable) runs need a file source (Parquet/Arrow or a directory); "
-                          f"{config.source!r} is not one")
+                          f"{redact_uri(config.source)!r} is not one")
     workers: list[Any] = []
     aggregator = None
     try:
@@ -250,7 +252,7 @@ def run_pipeline(
         aggregator = Aggregator.remote(
             AggregatorConfig(monitor=dict(config.monitor), metrics_port=config.metrics_port,
                              history=config.history, write_codes=config.write_codes, dead_letter=config.dead_letter,
-                             collect_metrics=config.pushgateway is not None,
+                             metrics_host=config.metrics_host, encoder=str(infos[0].get("encoder") or ""),
                              reference_history=config.reference_history),
             infos[0]["concept_names"], infos[0]["concept_space"])
         metrics_address = _startup_get([aggregator.metrics_address.remote()], "the aggregator actor")[0]
@@ -372,13 +374,13 @@ def run_pipeline(
             if config.linger_s > 0:
                 stop.wait(config.linger_s)
         pushed_to = push_error = None
+        summary = ray.get(aggregator.summary.remote())
         if config.pushgateway and stopped_by == "end":
             try:
-                ray.get(aggregator.push_metrics.remote(config.pushgateway, config.push_job, {"run": config.run_id}))
-                pushed_to = config.pushgateway
+                _push_batch_result(config, summary, time.perf_counter() - t_start)
+                pushed_to = redact_uri(config.pushgateway)
             except Exception as exc:  # the windows and history are written; report the failed push, do not lose them
-                push_error = _short(exc)
-        summary = ray.get(aggregator.summary.remote())
+                push_error = redact_text(_short(exc))
         alarms = ray.get(aggregator.recent_alarms.remote(1000))
         ray.get(aggregator.close.remote())
         return RunSummary(
@@ -413,6 +415,20 @@ def run_pipeline(
                     pass
         if started_ray:
             ray.shutdown()
+
+
+def _push_batch_result(config: PipelineConfig, summary: dict, elapsed_s: float) -> None:
+    """Push what the finished job did (completion time, duration, counts) under job + run; never the monitor's
+    alarm gauges, which a Pushgateway would serve, and Prometheus alert on, for ever after the job ended."""
+    from monitor.metrics.batch import BatchResult, batch_result_registry
+    from monitor.metrics.exporter import push_metrics
+
+    result = BatchResult(finished_at=time.time(), duration_s=elapsed_s,
+                         images={s: int(n) for s, n in summary["streams"].items()},
+                         dead_letters={r: int(n) for r, n in summary["dead_letters"].items()},
+                         windows_closed=int(summary["windows_closed"]), alarms=int(summary["alarms_fired"]))
+    push_metrics(config.pushgateway, batch_result_registry(result), job=config.push_job,
+                 grouping_key={"run": config.run_id})
 
 
 def check_history_reference(store: str, start: float, end: float) -> None:

@@ -21,6 +21,7 @@ from typing import Any
 from urllib.parse import parse_qs, unquote, urlparse
 
 from monitor.errors import ConfigError
+from monitor.uris import redact_uri
 from monitor.records import ItemMeta
 from workers.core import WorkItem
 
@@ -145,7 +146,8 @@ def open_source(uri: str, *, kind: str | None = None, stream: str | None = None)
         opts = _take(options, RedisSource.OPTIONS, "redis source")
         url = f"{scheme}://{parsed.netloc}{parsed.path}"
         return RedisSource(url, **opts)
-    raise ConfigError(f"source URI scheme must be one of dir, parquet, arrow, redis or a plain path; got {uri!r}")
+    raise ConfigError("source URI scheme must be one of dir, parquet, arrow, redis or a plain path; "
+                      f"got {redact_uri(uri)!r}")
 
 
 def _parse_timestamp(value: Any, *, where: str) -> float:
@@ -514,12 +516,15 @@ class RedisSource(Source):
         super().__init__()
         import redis
 
+        from workers.redisconn import connect
+
         if not stream:
             raise ConfigError("redis source: the URI needs ?stream=KEY (the Redis stream to read), "
                               "e.g. redis://127.0.0.1:6379/0?stream=frames&group=splice")
         if kind not in ("", "image", "text"):
             raise ConfigError(f"redis source option kind must be 'image' or 'text', got {kind!r}")
         self.url = url
+        self._ref_base = redact_uri(url)  # dead letters and logs carry the reference, never the password
         self.key = stream
         self.group = group
         self.consumer = consumer or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
@@ -531,7 +536,7 @@ class RedisSource(Source):
         self.claim_idle_ms = int(claim_idle_ms)
         self.finite = drain if isinstance(drain, bool) else _bool(drain, "drain")
         self.name = f"redis:{self.key}/{self.group}"
-        self.client = redis.Redis.from_url(url)
+        self.client = connect(url)
         try:
             self.client.xgroup_create(self.key, self.group, id=start, mkstream=True)
         except redis.ResponseError as exc:
@@ -560,7 +565,7 @@ class RedisSource(Source):
     def _item(self, entry_id: bytes, fields: dict[bytes, bytes]) -> WorkItem:
         f = {k.decode("utf-8", "replace") if isinstance(k, bytes) else str(k): v for k, v in fields.items()}
         eid = entry_id.decode()
-        ref = f"{self.url}?stream={self.key}#{eid}"
+        ref = f"{self._ref_base}?stream={self.key}#{eid}"
         error = None
         item_id = eid
         if self.id_field and self.id_field in f:

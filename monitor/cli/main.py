@@ -18,6 +18,7 @@ from importlib import import_module
 from importlib.metadata import entry_points
 
 from monitor.errors import SpliceError
+from monitor.uris import redact_text
 
 COMMAND_GROUP = "splice_monitor.commands"
 
@@ -59,7 +60,7 @@ def run_command(func, args: argparse.Namespace, *, prog: str) -> int:
     try:
         rc = func(args)
     except SpliceError as exc:
-        print(f"{prog}: {exc}", file=sys.stderr)
+        print(f"{prog}: {redact_text(str(exc))}", file=sys.stderr)  # messages may quote a URI with a password
         return exc.exit_code
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)

@@ -15,9 +15,10 @@ from prometheus_client.registry import CollectorRegistry
 
 from monitor.errors import ConfigError
 
-__all__ = ["MetricsExporter", "push_metrics", "delete_pushed_metrics"]
+__all__ = ["DEFAULT_HOST", "DEFAULT_PORT", "HEALTH_PATHS", "MetricsExporter", "push_metrics", "delete_pushed_metrics"]
 
 DEFAULT_PORT = 9400  # the same port as `run`, `demo` and the Helm chart
+DEFAULT_HOST = "127.0.0.1"  # local runs expose nothing; `--metrics-host` (the chart: 0.0.0.0) widens it
 
 
 class _ThreadingServer(ThreadingMixIn, WSGIServer):
@@ -31,6 +32,31 @@ class _ThreadingServer6(_ThreadingServer):
 class _QuietHandler(WSGIRequestHandler):
     def log_message(self, format, *args) -> None:  # noqa: A002 - stdlib signature
         pass
+
+
+HEALTH_PATHS = ("/healthz", "/-/healthy", "/-/ready")
+METRICS_PATH = "/metrics"
+
+
+def _routes(metrics_app):
+    """``/metrics`` serves the registry; the health paths answer 200 without running a collection (a liveness probe
+    every few seconds must not cost a scrape); anything else is 404, so a typo in a scrape config fails loudly
+    instead of silently scraping."""
+
+    def app(environ, start_response):
+        path = environ.get("PATH_INFO") or "/"
+        if path == METRICS_PATH:
+            return metrics_app(environ, start_response)
+        if path in HEALTH_PATHS:
+            body = b"ok\n"
+            status = "200 OK"
+        else:
+            body = f"not found: {path} (metrics are on {METRICS_PATH}, health on {HEALTH_PATHS[0]})\n".encode()
+            status = "404 Not Found"
+        start_response(status, [("Content-Type", "text/plain; charset=utf-8"), ("Content-Length", str(len(body)))])
+        return [body] if environ.get("REQUEST_METHOD") != "HEAD" else [b""]
+
+    return app
 
 
 def _text_format_only(app):
@@ -48,9 +74,12 @@ def _text_format_only(app):
 
 
 class MetricsExporter:
-    """Serve ``registry`` on ``http://host:port/metrics`` (any path, like client_python) from a daemon thread.
+    """Serve ``registry`` on ``http://host:port/metrics`` and a health check on ``/healthz`` (also ``/-/healthy``,
+    ``/-/ready``) from a daemon thread.
 
-    ``port=0`` binds a free port (read it back from ``.port``). Use as a context manager or call ``close()``.
+    ``host`` defaults to loopback: a laptop run exposes nothing; in a cluster the chart passes the pod's address
+    (``--metrics-host 0.0.0.0``) and a NetworkPolicy decides who may scrape. ``port=0`` binds a free port (read it
+    back from ``.port``). Use as a context manager or call ``close()``.
     Scrapes get the Prometheus text format unless ``openmetrics=True`` lets the client negotiate OpenMetrics.
 
     >>> from prometheus_client import CollectorRegistry
@@ -59,7 +88,7 @@ class MetricsExporter:
     True
     """
 
-    def __init__(self, registry: CollectorRegistry, *, host: str = "0.0.0.0", port: int = DEFAULT_PORT,
+    def __init__(self, registry: CollectorRegistry, *, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT,
                  openmetrics: bool = False, start: bool = True) -> None:
         if not isinstance(port, int) or isinstance(port, bool) or not 0 <= port <= 65535:
             raise ConfigError(f"metrics port must be an integer in [0, 65535], got {port!r}")
@@ -80,6 +109,7 @@ class MetricsExporter:
         app = make_wsgi_app(self.registry)
         if not self.openmetrics:
             app = _text_format_only(app)
+        app = _routes(app)
         server_class = _ThreadingServer6 if ":" in self.host else _ThreadingServer
         try:
             self._server = make_server(self.host, self._requested_port, app, server_class=server_class,

@@ -89,11 +89,10 @@ METRICS: tuple[MetricSpec, ...] = (
     MetricSpec("splice_concept_mean_activation", "gauge", ("stream", "concept", "window"), "weight",
                "Mean concept weight over the monitor's window images (zeros included)."),
     MetricSpec("splice_concept_drift_score", "gauge", ("stream", "concept"), "score",
-               "The drift monitor's per-concept score for the latest window (larger is more drift)."),
+               "The drift monitor's per-concept score for the latest window (larger is more drift); the top-K "
+               "drifting concepts are always exported, so topk() over this gauge is the top-K list."),
     MetricSpec("splice_concept_alarm_firing", "gauge", ("stream", "concept"), "boolean",
                "1 while a concept-level alarm (prevalence or activation) is firing for the concept, else 0."),
-    MetricSpec("splice_top_drifting_concept_score", "gauge", ("stream", "rank", "concept"), "score",
-               "The top-K concepts by drift score in the latest window; rank 1 is the most drifted."),
     MetricSpec("splice_stream_drift_score", "gauge", ("stream",), "score",
                "The drift monitor's stream-level score for the latest window."),
     MetricSpec("splice_alarms_firing", "gauge", ("stream", "kind"), "alarms",
@@ -471,8 +470,6 @@ class MonitorMetrics:
             f_al = fam["splice_concept_alarm_firing"]
             for i in idx.tolist():
                 f_al.add_metric([stream, names[i]], 1.0 if i in s["alarmed"] else 0.0)
-            for rank, (i, v) in enumerate(s["top"], start=1):
-                fam["splice_top_drifting_concept_score"].add_metric([stream, str(rank), names[i]], v)
             if s["drift_score"] is not None:
                 fam["splice_stream_drift_score"].add_metric([stream], s["drift_score"])
             for kind, v in s["alarm_counts"].items():
@@ -518,7 +515,6 @@ class MonitorMetrics:
             "current_fid": st.cur_fid, "reference_fid": st.ref_fid,
             "scores": take(st.scores),
             "alarmed": set(st.alarmed),
-            "top": list(st.top),
             "drift_score": st.drift_score,
             "alarm_counts": dict(st.alarm_counts),
         }

@@ -22,13 +22,17 @@ def register(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--stream", default=None, help="stream name for items the source does not name")
     p.add_argument("--metrics-port", type=int, default=9400,
                    help="serve Prometheus metrics on this port (0: a free port; -1: off; default %(default)s)")
+    p.add_argument("--metrics-host", default="127.0.0.1",
+                   help="address the metrics endpoint binds (default %(default)s: this machine only; in a cluster "
+                        "0.0.0.0 or the pod IP, with a NetworkPolicy deciding who may scrape)")
     p.add_argument("--history", default=None, help="history store directory (Parquet) for windows and alarms")
     p.add_argument("--write-codes", action="store_true", help="also store every item's sparse code in history")
     p.add_argument("--dead-letter", default=None,
                    help="dead-letter sink: redis://host:6379/0?stream=KEY or parquet:///dir (default: count only)")
     p.add_argument("--pushgateway", default=None,
                    help="push the final metrics to this Prometheus Pushgateway (http://host:9091) when a finite "
-                        "source ends (job splice-run, grouping label run=--job-id)")
+                        "source ends (job splice-run, grouping label run=--job-id): completion time, duration and "
+                        "counts only, never alarm state")
     p.add_argument("--job-id", default=None,
                    help="the run's name: the Pushgateway grouping label run=... (default: derived from --source)")
     add_model_arguments(p)
@@ -45,6 +49,7 @@ def build_config(args: argparse.Namespace):
         source=args.source, worker=worker_config(args), workers=args.workers, gpus_per_worker=args.gpus_per_worker,
         cpus_per_worker=args.cpus_per_worker, batch_size=args.batch_size, max_in_flight=args.max_in_flight,
         monitor=monitor_options(args), metrics_port=None if args.metrics_port < 0 else args.metrics_port,
+        metrics_host=args.metrics_host,
         history=args.history, write_codes=args.write_codes, dead_letter=args.dead_letter,
         ray_address=args.ray_address, kind=args.kind, stream=args.stream,
         reference_history=reference_spec(args), pushgateway=args.pushgateway,

@@ -126,3 +126,79 @@ def test_default_port_is_the_one_run_demo_and_the_chart_use():
     assert inspect.signature(MetricsExporter).parameters["port"].default == exporter_mod.DEFAULT_PORT
     values = Path(__file__).resolve().parents[3] / "helm" / "splice-monitor" / "values.yaml"
     assert yaml.safe_load(values.read_text())["monitor"]["metricsPort"] == exporter_mod.DEFAULT_PORT
+
+
+def _status(url: str) -> tuple[int, str]:
+    import urllib.error
+
+    try:
+        with urllib.request.urlopen(url, timeout=5) as r:
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
+
+
+def test_health_paths_answer_200_without_collecting_and_other_paths_404():
+    class CountingCollector:
+        calls = 0
+
+        def collect(self):
+            CountingCollector.calls += 1
+            return []
+
+    reg = CollectorRegistry()
+    reg.register(CountingCollector())
+    with MetricsExporter(reg, port=0) as exp:
+        base = exp.url.removesuffix("/metrics")
+        for path in ("/healthz", "/-/healthy", "/-/ready"):
+            assert _status(base + path) == (200, "ok\n"), path
+        assert CountingCollector.calls == 0, "a health check must not run a collection"
+        code, body = _status(base + "/")
+        assert code == 404 and "/metrics" in body and "/healthz" in body
+        assert _status(base + "/metricz")[0] == 404
+        assert _status(exp.url)[0] == 200 and CountingCollector.calls == 1
+
+
+def test_exporter_binds_loopback_unless_told_otherwise():
+    with MetricsExporter(CollectorRegistry(), port=0) as exp:
+        assert exp.host == "127.0.0.1"
+        assert exp._server.server_address[0] == "127.0.0.1"
+    with MetricsExporter(CollectorRegistry(), host="0.0.0.0", port=0) as exp:
+        assert exp._server.server_address[0] == "0.0.0.0"
+
+
+def test_build_info_and_process_collectors_are_served():
+    from monitor.metrics.runtime import BuildInfo, package_version, register_runtime_collectors
+
+    reg, _ = _metrics_with_data()
+    BuildInfo(encoder="ViT-B-32/openai", concept_space="space-1", registry=reg)
+    register_runtime_collectors(reg)
+    with MetricsExporter(reg, port=0) as exp:
+        text = _get(exp.url)
+    assert _value(text, "splice_build_info", {"version": package_version(), "encoder": "ViT-B-32/openai",
+                                              "concept_space": "space-1"}) == 1
+    assert _value(text, "process_resident_memory_bytes", {}) > 0
+    assert _value(text, "python_info", {}) == 1
+    with pytest.raises(ConfigError, match="encoder must be a non-empty string"):
+        BuildInfo(encoder="", concept_space="x")
+
+
+def test_batch_result_registry_holds_completion_metrics_and_no_monitor_state(pushgateway):
+    from monitor.metrics.batch import BATCH_METRICS, BatchResult, batch_result_registry
+
+    result = BatchResult(finished_at=1_767_225_600.0, duration_s=42.5, images={"cam-1": 90, "cam-2": 10},
+                         dead_letters={"truncated": 3, "empty": 0}, windows_closed=4, alarms=2)
+    push_metrics(pushgateway, batch_result_registry(result), job="splice-backfill", grouping_key={"run": "r1"})
+    text = _get(f"{pushgateway}/metrics")
+    labels = {"job": "splice-backfill", "run": "r1"}
+    assert _value(text, "splice_batch_last_success_timestamp_seconds", labels) == 1_767_225_600.0
+    assert _value(text, "splice_batch_duration_seconds", labels) == 42.5
+    assert _value(text, "splice_batch_images", {**labels, "stream": "cam-1"}) == 90
+    assert _value(text, "splice_batch_dead_letters", {**labels, "reason": "truncated"}) == 3
+    assert _value(text, "splice_batch_windows_closed", labels) == 4
+    assert _value(text, "splice_batch_alarms", labels) == 2
+    pushed = {f.name for f in text_string_to_metric_families(text)
+              if any(s.labels.get("job") == "splice-backfill" for s in f.samples)}
+    assert pushed == {spec.name for spec in BATCH_METRICS} | {"push_time_seconds", "push_failure_time_seconds"}
+    with pytest.raises(ConfigError, match="BatchResult.duration_s must be a finite number >= 0"):
+        BatchResult(finished_at=0.0, duration_s=float("nan"))

@@ -16,8 +16,11 @@ def test_backfill_pushes_its_final_counts_to_the_pushgateway(ray_local, test_voc
     out = capsys.readouterr().out
     assert rc == 0, out
     assert f"images counted: {len(ids)}" in out and f"pushed:         final metrics to {pushgateway}" in out
-    images = pushed_samples(pushgateway, "splice_images_total", job="splice-backfill", run="archive-7")
+    images = pushed_samples(pushgateway, "splice_batch_images", job="splice-backfill", run="archive-7")
     assert images and sum(images) == len(ids)
+    (windows,) = pushed_samples(pushgateway, "splice_batch_windows_closed", job="splice-backfill", run="archive-7")
+    assert f"windows closed: {int(windows)}" in out and windows >= 1
+    assert not pushed_samples(pushgateway, "splice_concept_alarm_firing", job="splice-backfill")
 
 
 def test_backfill_reports_an_unreachable_pushgateway_with_exit_1(ray_local, test_vocab, cache_dir, tmp_path, capsys):

@@ -1,4 +1,4 @@
-"""``splice-monitor run`` on a finite source: the final metrics are pushed when the source ends."""
+"""``splice-monitor run`` on a finite source: the completion metrics are pushed when the source ends."""
 
 from __future__ import annotations
 
@@ -15,4 +15,8 @@ def test_run_on_a_finite_source_pushes_its_final_counts_under_its_job_id(ray_loc
                    "--reference-images", "45"])
     assert rc == 0
     assert f"images counted: {len(ids)}" in capsys.readouterr().out
-    assert sum(pushed_samples(pushgateway, "splice_images_total", job="splice-run", run="nightly")) == len(ids)
+    assert sum(pushed_samples(pushgateway, "splice_batch_images", job="splice-run", run="nightly")) == len(ids)
+    assert pushed_samples(pushgateway, "splice_batch_last_success_timestamp_seconds", job="splice-run", run="nightly")
+    # completion metrics only: no monitor state that would keep alerts firing after the job ended
+    for name in ("splice_images_total", "splice_concept_alarm_firing", "splice_alarms_firing"):
+        assert not pushed_samples(pushgateway, name, job="splice-run"), name
