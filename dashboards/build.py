@@ -126,8 +126,9 @@ def overview() -> gdash.Dashboard:
                          unit="none", max_val=1)))
     d = d.with_row(gdash.Row("Concepts"))
     d = (d.with_panel(_table("Top drifting concepts (monitor)",
-                             "The drift monitor's top-K concepts by score in the latest window.",
-                             _query(f"splice_top_drifting_concept_score{{{SEL}}}", instant=True,
+                             "The drift monitor's top 10 concepts by score in the latest window (the top-K are "
+                             "always exported, so topk over the per-concept score is the list).",
+                             _query(f"topk(10, splice_concept_drift_score{{{SEL}}})", instant=True,
                                     fmt=PromQueryFormat.TABLE)))
          .with_panel(_table("Largest prevalence z-scores (rules)",
                             "Two-proportion z-score of each exported concept's prevalence over the rule window "
