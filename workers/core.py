@@ -91,6 +91,7 @@ class WorkerConfig:
     encode_batch: int = 64
     torch_threads: int = 0  # 0: leave torch's default
     device_decode: str = "auto"  # decode JPEGs on the encoder's device: "auto" (on for CUDA), "on", "off"
+    solver: str = "lasso"  # "off": random codes instead of solving (control-plane benchmarks only)
 
     def __post_init__(self) -> None:
         if not (self.l1 >= 0 and math.isfinite(self.l1)):
@@ -115,6 +116,7 @@ class WorkerConfig:
             target_l0=self.target_l0,
             device=self.device,
             cache_dir=self.cache_dir,
+            solver=self.solver,
         )
 
 
@@ -141,7 +143,9 @@ class Worker:
         device = getattr(encoder, "device", None)
         on_cuda = getattr(device, "type", str(device)) == "cuda"
         self._device_plan = None
-        if device_decode == "on" or (device_decode == "auto" and on_cuda):
+        # an encoder that embeds raw payloads (the null encoder) needs no decoding, so no pool round trip either
+        self._raw_payloads = callable(getattr(encoder, "encode_payloads", None))
+        if not self._raw_payloads and (device_decode == "on" or (device_decode == "auto" and on_cuda)):
             self._device_plan = _tensor_preprocess_plan(encoder)
 
     @classmethod
@@ -199,10 +203,21 @@ class Worker:
             raise BadInput("bad_text", "caption is empty")
         return payload
 
+    @staticmethod
+    def _prepare_raw(item: WorkItem):
+        payload = item.payload
+        if payload is None or (isinstance(payload, (bytes, bytearray, str)) and len(payload) == 0):
+            raise BadInput("empty", "payload is empty")
+        if not isinstance(payload, (bytes, bytearray, str)):
+            raise BadInput("bad_record", f"payload must be bytes or a string, got {type(payload).__name__}")
+        return payload
+
     def _prepare(self, item: WorkItem):
         try:
             if item.error is not None:
                 raise BadInput(*item.error)
+            if self._raw_payloads and item.kind in ("image", "text"):
+                return self._prepare_raw(item)
             if item.kind == "text":
                 return self._prepare_text(item)
             if item.kind == "image":
@@ -225,8 +240,8 @@ class Worker:
         if self._device_plan is not None:
             on_device, items = self._device_prepare(items)
             t_device = time.perf_counter() - t0
-        texts_only = all(it.kind == "text" for it in items)
-        if texts_only:  # captions need no decoding: skip the pool round trip
+        texts_only = self._raw_payloads or all(it.kind == "text" for it in items)
+        if texts_only:  # captions (and raw payloads) need no decoding: skip the pool round trip
             prepared = [self._prepare(it) for it in items]
         else:
             futures = [self._pool.submit(self._prepare, it) for it in items]
@@ -373,7 +388,9 @@ class Worker:
         import torch
 
         with torch.inference_mode():
-            if text:
+            if self._raw_payloads:
+                out = self.encoder.encode_payloads(inputs)
+            elif text:
                 out = self.encoder.encode_texts(inputs)
             else:
                 out = self.encoder.encode_preprocessed(torch.stack(inputs))

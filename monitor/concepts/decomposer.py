@@ -28,7 +28,13 @@ __all__ = [
     "UncalibratedMeanWarning",
     "warn_uncalibrated",
     "CALIBRATE_HINT",
+    "SOLVERS",
 ]
+
+# "lasso": the certified nonnegative lasso; "off": random sparse codes at no cost (control-plane benchmarks only)
+SOLVERS = ("lasso", "off")
+# Active concepts per row of the random codes of solver="off": the middle of SpLiCE's usual 5-30.
+RANDOM_CODE_L0 = 20
 
 CALIBRATE_HINT = (
     "splice-monitor calibrate --model MODEL --pretrained WEIGHTS SAMPLE_IMAGES_OR_CAPTIONS... -o mean.npy, "
@@ -82,6 +88,8 @@ class Decomposer:
     ``splice-monitor calibrate``); None centres with a zero mean (no centring) and warns once per concept space.
     ``l1`` is the lasso penalty in the reference ADMM scaling; ``target_l0`` instead picks the penalty per row to
     reach that many active concepts. ``solver_options`` go to :class:`monitor.concepts.solver.NonnegLasso`.
+    ``solver="off"`` skips the solve and returns random sparse codes (``RANDOM_CODE_L0`` concepts per row, no
+    certificate): a zero-cost stand-in that lets ``bench pipeline --solver off`` measure everything around it.
     """
 
     def __init__(
@@ -93,12 +101,17 @@ class Decomposer:
         target_l0: int | None = None,
         device=None,
         mean_source: str | None = None,
+        solver: str = "lasso",
         **solver_options: Any,
     ) -> None:
         import torch
 
         from monitor.concepts.solver import NonnegLasso
 
+        if solver not in SOLVERS:
+            raise ConfigError(f"solver must be one of {SOLVERS}, got {solver!r}")
+        self.solver = solver
+        self._rng = np.random.default_rng(0)
         if not isinstance(dictionary, ConceptDictionary):
             raise TypeError(f"dictionary must be a ConceptDictionary, got {type(dictionary).__name__}")
         if isinstance(l1, bool) or not isinstance(l1, (int, float)) or not math.isfinite(l1) or l1 <= 0:
@@ -195,6 +208,8 @@ class Decomposer:
                                            np.zeros(0, np.float32), converged=np.zeros(0, bool))
             return BatchDecomposition(empty, np.zeros(0, np.int64), rejected, np.zeros(0, np.float32),
                                       np.zeros(0, np.float32), np.zeros(0, bool), 0, n)
+        if self.solver == "off":
+            return self._random_codes(kept.cpu().numpy().astype(np.int64), rejected, n)
         Zk = unit[kept]
         centred = self.center(Zk)
         if self.target_l0 is not None:
@@ -217,6 +232,25 @@ class Decomposer:
             iterations=int(res.iterations),
             n_inputs=n,
         )
+
+    def _random_codes(self, kept: np.ndarray, rejected: list[tuple[int, str]], n: int) -> BatchDecomposition:
+        """solver="off": ``RANDOM_CODE_L0`` distinct concepts per row (one from each of that many equal strides of
+        the dictionary, so no row repeats a concept and no per-row loop is needed), random positive weights and
+        fidelities. Nothing is certified: gap and KKT are NaN and ``converged`` is unknown (None in the codes)."""
+        m, c = len(kept), self.n_concepts
+        k = min(RANDOM_CODE_L0, c)
+        stride = c // k
+        idx = (np.arange(k, dtype=np.int64) * stride + self._rng.integers(0, stride, size=(m, k))).astype(np.int32)
+        codes = SparseCodes(
+            indptr=np.arange(m + 1, dtype=np.int64) * k,
+            indices=idx.reshape(-1),
+            values=self._rng.uniform(0.01, 0.3, size=m * k).astype(np.float32),
+            fidelity=self._rng.uniform(0.6, 0.95, size=m).astype(np.float32),
+            l1=np.full(m, self.l1, dtype=np.float32),
+            n_concepts=c,
+        )
+        nan = np.full(m, np.nan, dtype=np.float32)
+        return BatchDecomposition(codes, kept, rejected, nan, nan.copy(), np.ones(m, bool), 0, n)
 
     def recompose(self, weights):
         """ẑ = normalize(normalize(Dᵀw) + μ) for weights (n, c) / (c,) tensors or arrays, or SparseCodes."""
@@ -395,6 +429,7 @@ def create_decomposer(
     cache_dir: str | Path | None = None,
     batch_size: int = 64,
     precision: str = "auto",
+    solver: str = "lasso",
     **solver_options: Any,
 ) -> tuple[Any, Decomposer]:
     """Build (encoder, decomposer) by name: load the model, build or load the cached dictionary, load the mean.
@@ -403,7 +438,8 @@ def create_decomposer(
     written by ``splice-monitor calibrate`` (checked against the encoder id and dimension), an array, "vocab" to
     centre with the vocabulary's own text mean, or None. With None, a text-only encoder centres with the vocabulary
     mean (its inputs can only be texts, and that is the best text-side estimate without data) and an image encoder
-    with a zero mean; both warn once, saying how to calibrate.
+    with a zero mean; both warn once, saying how to calibrate. ``solver``: "lasso" (the certified solver) or "off"
+    (random codes, for control-plane benchmarks; see :class:`Decomposer`).
     """
     from monitor.concepts.encoders import create_encoder
 
@@ -433,5 +469,5 @@ def create_decomposer(
         mu, source = dictionary.vocab_mean, "vocabulary text mean (uncalibrated)"
         warn_uncalibrated(dictionary.concept_space, "the vocabulary's text mean")
     decomposer = Decomposer(dictionary, mu, l1=l1, target_l0=target_l0, device=encoder.device,
-                            mean_source=source, **solver_options)
+                            mean_source=source, solver=solver, **solver_options)
     return encoder, decomposer

