@@ -15,6 +15,7 @@ TARGETS: dict[str, str] = {
     "scrape": "workers.benchmarks.scrape",
     "history": "workers.benchmarks.history",
     "pipeline": "workers.benchmarks.pipeline",
+    "gpu": "workers.benchmarks.gpu",
 }
 
 
