@@ -356,7 +356,7 @@ class Worker:
                 warnings.simplefilter("ignore", DeprecationWarning)
                 images = decode_jpeg([d for _, d in chosen], mode=ImageReadMode.RGB, device=plan["device"],
                                      apply_exif_orientation=True)
-            out = [(it, _tensor_preprocess(img, plan)) for (it, _), img in zip(chosen, images)]
+            out = list(zip((it for it, _ in chosen), _tensor_preprocess_batch(images, plan)))
         except Exception:  # one undecodable file fails the whole call: let PIL sort them out
             return [], rest + [it for it, _ in chosen]
         return out, rest
@@ -420,8 +420,26 @@ def _tensor_preprocess_plan(encoder: Any) -> dict | None:
     return plan if {"size", "crop", "mean", "std"} <= set(plan) else None
 
 
+def _tensor_preprocess_batch(images: list, plan: dict) -> list:
+    """Preprocess decoded images in groups of equal size (a camera stream's frames share one), one batched resize /
+    crop / normalise per group: per image, the kernel launches and Python dispatch cost more than the work itself
+    and capped the GPU worker at a fifth of nvJPEG's rate. Returns one tensor per image, in input order."""
+    import torch
+
+    groups: dict[tuple[int, ...], list[int]] = {}
+    for i, img in enumerate(images):
+        groups.setdefault(tuple(img.shape), []).append(i)
+    out: list[Any] = [None] * len(images)
+    for rows in groups.values():
+        batch = _tensor_preprocess(torch.stack([images[i] for i in rows]), plan)
+        for j, i in enumerate(rows):
+            out[i] = batch[j]
+    return out
+
+
 def _tensor_preprocess(image, plan: dict):
-    """uint8 (3, H, W) tensor -> normalised float tensor, as the encoder's PIL pipeline would produce."""
+    """uint8 (3, H, W) or (N, 3, H, W) tensor -> normalised float tensor, as the encoder's PIL pipeline would
+    produce."""
     from torchvision.transforms.v2 import functional as TF
 
     x = TF.resize(image, plan["size"], interpolation=plan["interpolation"], antialias=True)

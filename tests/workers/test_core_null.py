@@ -37,3 +37,23 @@ def test_null_worker_counts_every_item(tmp_path, solver):
         assert part.codes.converged.all()
     else:
         assert part.codes.converged is None
+
+
+def test_batched_device_preprocessing_equals_one_image_at_a_time():
+    """Images decoded on the device are resized and normalised in groups of equal size; each result must equal
+    preprocessing that image alone, and come back in input order whatever the mix of sizes."""
+    import torch
+    from torchvision.transforms import InterpolationMode
+
+    from workers.core import _tensor_preprocess, _tensor_preprocess_batch
+
+    plan = {"size": 32, "interpolation": InterpolationMode.BICUBIC, "crop": [32, 32],
+            "mean": [0.48, 0.45, 0.40], "std": [0.27, 0.26, 0.28]}
+    g = torch.Generator().manual_seed(0)
+    shapes = [(3, 40, 50), (3, 64, 48), (3, 40, 50), (3, 33, 90), (3, 64, 48), (3, 40, 50)]
+    images = [torch.randint(0, 256, s, generator=g, dtype=torch.uint8) for s in shapes]
+    batched = _tensor_preprocess_batch(images, plan)
+    assert len(batched) == len(images)
+    for img, got in zip(images, batched):
+        assert got.shape == (3, 32, 32)
+        torch.testing.assert_close(got, _tensor_preprocess(img, plan), rtol=0, atol=1e-5)
