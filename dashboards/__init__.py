@@ -45,9 +45,10 @@ def render_files(*, datasource_uid: str = "prometheus") -> dict[str, str]:
     return files
 
 
-def render(out_dir: str | Path | None = None, *, datasource_uid: str = "prometheus") -> list[Path]:
-    """Write the generated files under ``out_dir`` (default: this package, i.e. the committed copies)."""
-    root = Path(out_dir) if out_dir is not None else PACKAGE_DIR
+def render(out_dir: str | Path, *, datasource_uid: str = "prometheus") -> list[Path]:
+    """Write the generated files under ``out_dir`` (``render(PACKAGE_DIR)`` in a checkout regenerates the committed
+    copies; there is no default, so nothing writes into an installed package by accident)."""
+    root = Path(out_dir)
     written = []
     for rel, text in render_files(datasource_uid=datasource_uid).items():
         path = root / rel

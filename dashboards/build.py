@@ -22,7 +22,15 @@ __all__ = ["DASHBOARDS", "build_dashboard", "dashboard_json", "panel_queries", "
 DS = mdash.DataSourceRef(type_val="prometheus", uid="${datasource}")
 TAGS = ["splice-monitor", "generated"]
 RI = "$__rate_interval"
-SEL = 'stream=~"$stream"'  # overview and pipeline health filter by a multi-select stream variable
+# Grafana 12's dashboard schema; the SDK's builders leave an older number, which makes Grafana migrate on load.
+SCHEMA_VERSION = 41
+# Every query is narrowed to the chosen deployment: with two releases (or clusters) in one Prometheus, nothing
+# merges unless the user picks "All". A label a setup lacks (no cluster label) matches the empty string, and
+# "All" is ".*", which matches that too.
+ID_SEL = 'cluster=~"$cluster",namespace=~"$namespace",job=~"$job"'
+SEL = ID_SEL + ',stream=~"$stream"'  # overview and pipeline health filter by a multi-select stream variable
+IMAGES_PER_S = "suffix: images/s"  # Grafana custom units: the thing counted, not "req/s"
+ITEMS_PER_S = "suffix: items/s"
 
 
 def _query(expr: str, legend: str = "", ref: str = "A", *, instant: bool = False,
@@ -75,9 +83,23 @@ def _datasource_var() -> gdash.DatasourceVariable:
     return gdash.DatasourceVariable("datasource").label("Data source").type("prometheus")
 
 
+def _id_vars() -> list[gdash.QueryVariable]:
+    """cluster -> namespace -> job, each narrowing the next, from the exporter's splice_build_info."""
+    out = []
+    scope = ""
+    for name, label in (("cluster", "Cluster"), ("namespace", "Namespace"), ("job", "Job")):
+        out.append(gdash.QueryVariable(name).label(label).datasource(DS)
+                   .query({"query": f"label_values(splice_build_info{'{' + scope + '}' if scope else ''}, {name})",
+                           "refId": name})
+                   .refresh(mdash.VariableRefresh.ON_TIME_RANGE_CHANGED).sort(mdash.VariableSort.ALPHABETICAL_ASC)
+                   .multi(True).include_all(True).all_value(".*"))
+        scope += ("," if scope else "") + f'{name}=~"${name}"'
+    return out
+
+
 def _stream_var(multi: bool) -> gdash.QueryVariable:
     v = (gdash.QueryVariable("stream").label("Stream").datasource(DS)
-         .query({"query": "label_values(splice_images_total, stream)", "refId": "streams"})
+         .query({"query": f"label_values(splice_images_total{{{ID_SEL}}}, stream)", "refId": "streams"})
          .refresh(mdash.VariableRefresh.ON_TIME_RANGE_CHANGED).sort(mdash.VariableSort.ALPHABETICAL_ASC))
     if multi:
         v = v.multi(True).include_all(True).all_value(".*")
@@ -85,6 +107,13 @@ def _stream_var(multi: bool) -> gdash.QueryVariable:
 
 
 def _base(title: str, uid: str, description: str) -> gdash.Dashboard:
+    d = _base_plain(title, uid, description).with_variable(_datasource_var())
+    for v in _id_vars():
+        d = d.with_variable(v)
+    return d
+
+
+def _base_plain(title: str, uid: str, description: str) -> gdash.Dashboard:
     return (gdash.Dashboard(title).uid(uid).description(description).tags(TAGS).refresh("1m")
             .time("now-6h", "now").timezone("browser").editable()
             .tooltip(mdash.DashboardCursorSync.CROSSHAIR)
@@ -96,13 +125,13 @@ def overview() -> gdash.Dashboard:
     d = (_base("splice-monitor / Overview", "splice-overview",
                "Streams, throughput, drift scores, firing alarms, top drifting concepts and reconstruction "
                "fidelity of splice-monitor.")
-         .with_variable(_datasource_var()).with_variable(_stream_var(multi=True)))
+         .with_variable(_stream_var(multi=True)))
     d = d.with_row(gdash.Row("At a glance"))
     d = (d.with_panel(_stat("Streams", "Streams that have decomposed at least one image.",
                             _query(f"count(count by (stream) (splice_images_total{{{SEL}}}))", instant=True)))
          .with_panel(_stat("Throughput", "Images decomposed per second, all selected streams.",
                            _query(f"sum(rate(splice_images_total{{{SEL}}}[{RI}]))", instant=True),
-                           unit="reqps"))
+                           unit=IMAGES_PER_S))
          .with_panel(_stat("Alarms firing", "Alarms of the drift monitor firing now, all kinds.",
                            _query(f"sum(splice_alarms_firing{{{SEL}}})", instant=True)))
          .with_panel(_stat("Mean fidelity", "Mean reconstruction cosine over the rule window (recording rule).",
@@ -110,7 +139,7 @@ def overview() -> gdash.Dashboard:
     d = d.with_row(gdash.Row("Streams"))
     d = (d.with_panel(_ts("Throughput by stream", "Images decomposed per second.",
                           [_query(f"sum by (stream) (rate(splice_images_total{{{SEL}}}[{RI}]))", "{{stream}}")],
-                          unit="reqps", min_val=0))
+                          unit=IMAGES_PER_S, min_val=0))
          .with_panel(_ts("Stream drift score", "The drift monitor's stream-level score per closed window.",
                          [_query(f"splice_stream_drift_score{{{SEL}}}", "{{stream}}")]))
          .with_panel(_ts("Alarms firing by kind", "Firing alarms of the drift monitor per stream and kind.",
@@ -142,20 +171,21 @@ def overview() -> gdash.Dashboard:
 
 
 def concept_explorer() -> gdash.Dashboard:
-    sel = 'stream="$stream",concept=~"$concept"'
+    one = ID_SEL + ',stream="$stream"'
+    sel = one + ',concept=~"$concept"'
     concept_var = (gdash.QueryVariable("concept").label("Concept").datasource(DS)
-                   .query({"query": 'label_values(splice_concept_presence_total{stream="$stream"}, concept)',
+                   .query({"query": f"label_values(splice_concept_presence_total{{{one}}}, concept)",
                            "refId": "concepts"})
                    .refresh(mdash.VariableRefresh.ON_TIME_RANGE_CHANGED).sort(mdash.VariableSort.ALPHABETICAL_ASC)
                    .multi(True))
     d = (_base("splice-monitor / Concept explorer", "splice-concept-explorer",
                "Prevalence and mean activation of chosen concepts over time, reference vs current.")
-         .with_variable(_datasource_var()).with_variable(_stream_var(multi=False)).with_variable(concept_var))
+         .with_variable(_stream_var(multi=False)).with_variable(concept_var))
     d = d.with_row(gdash.Row("Prevalence"))
     d = (d.with_panel(_ts("Prevalence over time", "Share of images with the concept active: from the counters over "
                           "the scrape interval (solid) and over the rule window (recording rule).",
                           [_query(f"sum by (concept) (increase(splice_concept_presence_total{{{sel}}}[{RI}]))"
-                                  f" / on () group_left sum(increase(splice_images_total{{stream=\"$stream\"}}"
+                                  f" / on () group_left sum(increase(splice_images_total{{{one}}}"
                                   f"[{RI}]))", "{{concept}}", "A"),
                            _query(f"{R.PREVALENCE}{{{sel}}}", "{{concept}} (rule window)", "B")],
                           unit="percentunit", min_val=0))
@@ -167,7 +197,7 @@ def concept_explorer() -> gdash.Dashboard:
     d = (d.with_panel(_ts("Mean activation over time", "Mean SpLiCE weight per image (zeros included) from the "
                           "counters and over the rule window.",
                           [_query(f"sum by (concept) (increase(splice_concept_weight_total{{{sel}}}[{RI}]))"
-                                  f" / on () group_left sum(increase(splice_images_total{{stream=\"$stream\"}}"
+                                  f" / on () group_left sum(increase(splice_images_total{{{one}}}"
                                   f"[{RI}]))", "{{concept}}", "A"),
                            _query(f"{R.MEAN_ACTIVATION}{{{sel}}}", "{{concept}} (rule window)", "B")],
                           min_val=0))
@@ -189,22 +219,22 @@ def concept_explorer() -> gdash.Dashboard:
 def pipeline_health() -> gdash.Dashboard:
     d = (_base("splice-monitor / Pipeline health", "splice-pipeline-health",
                "Throughput, latency, queue, dead letters, solver convergence, sparsity and freshness.")
-         .with_variable(_datasource_var()).with_variable(_stream_var(multi=True)))
+         .with_variable(_stream_var(multi=True)))
     d = d.with_row(gdash.Row("Flow"))
     d = (d.with_panel(_ts("Throughput", "Images decomposed per second per stream.",
                           [_query(f"sum by (stream) (rate(splice_images_total{{{SEL}}}[{RI}]))", "{{stream}}")],
-                          unit="reqps", min_val=0, w=8))
+                          unit=IMAGES_PER_S, min_val=0, w=8))
          .with_panel(_ts("Batch latency", "Batch processing time quantiles from the histogram.",
                          [_query(f"histogram_quantile({q}, sum by (le) (rate(splice_batch_latency_seconds_bucket"
                                  f"{{{SEL}}}[{RI}])))", f"p{int(q * 100)}", ref)
                           for ref, q in (("A", 0.5), ("B", 0.95), ("C", 0.99))],
                          unit="s", min_val=0, w=8))
          .with_panel(_ts("Queue depth", "Items waiting in the input queue.",
-                         [_query("splice_queue_items", "queued")], min_val=0, w=8)))
+                         [_query(f"splice_queue_items{{{ID_SEL}}}", "{{job}} {{instance}}")], min_val=0, w=8)))
     d = d.with_row(gdash.Row("Errors"))
     d = (d.with_panel(_ts("Dead letters by reason", "Items dead-lettered per second, by reason code.",
                           [_query(f"sum by (reason) (rate(splice_dead_letters_total{{{SEL}}}[{RI}]))", "{{reason}}")],
-                          unit="reqps", min_val=0))
+                          unit=ITEMS_PER_S, min_val=0))
          .with_panel(_ts("Dead-letter ratio", "Dead letters / (dead letters + images) over the rule window.",
                          [_query(f"{R.DEAD_LETTER_RATIO}{{{SEL}}}", "{{stream}}")], unit="percentunit", min_val=0))
          .with_panel(_ts("Solver non-convergence", "Share of decompositions that stopped before the tolerance.",
@@ -225,7 +255,17 @@ def pipeline_health() -> gdash.Dashboard:
          .with_panel(_ts("Exported concepts", "Concepts with per-concept series per stream (bounded by "
                          "max_concepts_per_stream) and the dictionary size.",
                          [_query(f"splice_exported_concepts{{{SEL}}}", "{{stream}}", "A"),
-                          _query("splice_dictionary_concepts", "dictionary", "B")], min_val=0, w=8)))
+                          _query(f"splice_dictionary_concepts{{{ID_SEL}}}", "dictionary {{job}}", "B")], min_val=0, w=8)))
+    d = d.with_row(gdash.Row("Exporter"))
+    d = (d.with_panel(_ts("Exporter up", "1 while Prometheus scrapes the exporter (SpliceExporterDown fires at 0); "
+                          "a missing line means no target at all (SpliceExporterAbsent).",
+                          # up of the targets that served splice_build_info lately: 0 (not a gap) while down
+                          [_query(f"up{{{ID_SEL}}} and on (job, instance) "
+                                  f"last_over_time(splice_build_info{{{ID_SEL}}}[1d])", "{{job}} {{instance}}")],
+                          min_val=0, max_val=1))
+         .with_panel(_ts("Exporter memory", "Resident memory of the process serving /metrics (the aggregator).",
+                         [_query(f"process_resident_memory_bytes{{{ID_SEL}}}", "{{job}} {{instance}}")],
+                         unit="bytes", min_val=0)))
     d = d.with_row(gdash.Row("Freshness"))
     d = (d.with_panel(_ts("Reference age", "Seconds since each stream's reference was built.",
                           [_query(f"time() - splice_reference_timestamp_seconds{{{SEL}}}", "{{stream}}")],
@@ -253,6 +293,7 @@ def build_dashboard(name: str) -> gdash.Dashboard:
 def dashboard_json(name: str) -> dict:
     """The dashboard as the plain dict Grafana imports (the generated file's content)."""
     model = build_dashboard(name).build()
+    model.schema_version = SCHEMA_VERSION
     next_id = 1
     for panel in model.panels or []:
         # Grafana keys panel state (links, repeats, alert annotations) by id: number them in layout order.

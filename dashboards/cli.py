@@ -6,6 +6,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+DEFAULT_OUTPUT = "dashboards-out"
+
 
 def register(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     parser = sub.add_parser(
@@ -16,12 +18,14 @@ def register(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
     render = actions.add_parser("render", help="write the generated dashboards/rules files")
     render.add_argument("-o", "--output", metavar="DIR", default=None,
-                        help="output directory (default: the installed dashboards package, i.e. the committed "
-                             "copies); files go to DIR/rules/ and DIR/generated/")
+                        help=f"output directory (default: ./{DEFAULT_OUTPUT}); files go to DIR/rules/ and "
+                             "DIR/generated/. Never the installed package: in a checkout, `-o dashboards` "
+                             "regenerates the committed copies")
     render.add_argument("--datasource-uid", default="prometheus",
                         help="Prometheus data source uid for the Grafana alert rules (default: %(default)s)")
     render.add_argument("--check", action="store_true",
-                        help="write nothing; exit 1 if any file under the output directory is out of date")
+                        help="write nothing; exit 1 if any file under -o DIR (default: the copies shipped in the "
+                             "package) is out of date")
     render.set_defaults(func=run_render)
 
     push = actions.add_parser("push", help="create/overwrite the dashboards (and alert rules) in Grafana")
@@ -44,14 +48,17 @@ def run_render(args: argparse.Namespace) -> int:
 
     import dashboards
 
-    root = Path(args.output) if args.output else dashboards.PACKAGE_DIR
     files = dashboards.render_files(datasource_uid=args.datasource_uid)
     if args.check:
+        root = Path(args.output) if args.output else dashboards.PACKAGE_DIR  # reading the package is harmless
         stale = [rel for rel, text in files.items()
                  if not (root / rel).is_file() or (root / rel).read_text(encoding="utf-8") != text]
         for rel in stale:
             print(f"out of date: {root / rel}", file=sys.stderr)
         return 1 if stale else 0
+    # Writing into site-packages would silently change what the next `helm package` or `push` ships, and fail
+    # on a read-only install: the default is a directory of the user's own.
+    root = Path(args.output) if args.output else Path.cwd() / DEFAULT_OUTPUT
     for path in dashboards.render(root, datasource_uid=args.datasource_uid):
         print(path)
     return 0

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import yaml
 
 __all__ = ["RuleConfig", "AlertSpec", "RECORDS", "alert_specs", "build_rules", "build_grafana_alerting",
-           "dump_yaml", "duration_seconds", "recording_rules"]
+           "dump_yaml", "duration_seconds", "recording_rules", "ID_LABELS", "ALERT_PANELS", "runbook_anchor"]
 
 _DURATION = re.compile(r"^([0-9]+(ms|s|m|h|d|w|y))+$")
 
@@ -45,15 +45,37 @@ class RuleConfig:
     fidelity_window: str = "30m"
     fidelity_drop: float = 0.1  # alert when mean cosine falls this far below the reference window's mean
     fidelity_for: str = "15m"
+    exporter_for: str = "5m"
+    absent_for: str = "10m"
+    # `up` of the exporter's scrape job. kube-prometheus-stack names it after the metrics Service
+    # (<release>-splice-monitor-metrics) for a ServiceMonitor, <namespace>/<release>-splice-monitor for a PodMonitor;
+    # the regex takes both and leaves out the Ray PodMonitor (<...>-ray).
+    exporter_job_regex: str = ".*splice-monitor(-metrics)?"
+    runbook_base: str = "https://github.com/splice-monitor/splice-monitor/blob/main/docs/runbook.md"
+    # Prefix of the dashboard links in the Prometheus annotations; empty leaves them relative to Grafana's root,
+    # which Alertmanager templates usually prepend.
+    grafana_url: str = ""
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
             v = getattr(self, f.name)
+            if f.name in _NOT_DURATIONS:
+                continue
             if f.type == "str" and not _DURATION.match(v):
                 raise ValueError(f"RuleConfig.{f.name} must be a Prometheus duration such as '5m', got {v!r}")
             if f.type in ("float", "int") and not v >= 0:
                 raise ValueError(f"RuleConfig.{f.name} must be >= 0, got {v!r}")
 
+
+_NOT_DURATIONS = ("exporter_job_regex", "runbook_base", "grafana_url")
+
+# Labels that say which deployment a series comes from. Every aggregation keeps them, so two releases (or clusters,
+# when Prometheus stores a cluster label) never merge into one alert and every alert says where it fired. Missing
+# labels cost nothing: `by (cluster, ...)` over series without a cluster label groups them as before.
+ID_LABELS = ("cluster", "namespace", "job", "instance")
+ID = ", ".join(ID_LABELS)
+STREAM = f"{ID}, stream"
+CONCEPT = f"{ID}, stream, concept"
 
 # Recording rule names (level:metric:operation). The windows are RuleConfig's, not part of the name, so a
 # time-compressed test can reuse the names the dashboards query.
@@ -73,33 +95,33 @@ def recording_rules(cfg: RuleConfig) -> list[dict]:
     w = cfg.window
     return [
         {"record": IMAGES_RATE,
-         "expr": f"sum by (stream) (rate(splice_images_total[{cfg.rate_window}]))"},
+         "expr": f"sum by ({STREAM}) (rate(splice_images_total[{cfg.rate_window}]))"},
         {"record": IMAGES_INCREASE,
-         "expr": f"sum by (stream) (increase(splice_images_total[{w}]))"},
+         "expr": f"sum by ({STREAM}) (increase(splice_images_total[{w}]))"},
         {"record": PREVALENCE,
-         "expr": f"sum by (stream, concept) (increase(splice_concept_presence_total[{w}]))\n"
-                 f"  / on (stream) group_left\nclamp_min({IMAGES_INCREASE}, 1)"},
+         "expr": f"sum by ({CONCEPT}) (increase(splice_concept_presence_total[{w}]))\n"
+                 f"  / on ({STREAM}) group_left\nclamp_min({IMAGES_INCREASE}, 1)"},
         {"record": MEAN_ACTIVATION,
-         "expr": f"sum by (stream, concept) (increase(splice_concept_weight_total[{w}]))\n"
-                 f"  / on (stream) group_left\nclamp_min({IMAGES_INCREASE}, 1)"},
+         "expr": f"sum by ({CONCEPT}) (increase(splice_concept_weight_total[{w}]))\n"
+                 f"  / on ({STREAM}) group_left\nclamp_min({IMAGES_INCREASE}, 1)"},
         {"record": REFERENCE_PREVALENCE,
-         "expr": 'max by (stream, concept) (splice_concept_prevalence_ratio{window="reference"})'},
+         "expr": f'max by ({CONCEPT}) (splice_concept_prevalence_ratio{{window="reference"}})'},
         # Two-proportion z-score of the window against the reference, both samples' variance counted
         # (p_ref (1 - p_ref) (1/n_window + 1/n_reference)); the variance floor keeps concepts absent from the
         # reference from dividing by zero (the alert's min_abs_change guard does the rest).
         {"record": PREVALENCE_Z,
          "expr": f"({PREVALENCE} - {REFERENCE_PREVALENCE})\n"
-                 f"  /\nsqrt(\n  (\n    1 / clamp_min({IMAGES_INCREASE}, 1)\n    + on (stream)\n"
-                 f'    1 / clamp_min(max by (stream) (splice_window_images{{window="reference"}}), 1)\n  )\n'
-                 f"    * on (stream) group_right\n"
+                 f"  /\nsqrt(\n  (\n    1 / clamp_min({IMAGES_INCREASE}, 1)\n    + on ({STREAM})\n"
+                 f'    1 / clamp_min(max by ({STREAM}) (splice_window_images{{window="reference"}}), 1)\n  )\n'
+                 f"    * on ({STREAM}) group_right\n"
                  f"  clamp_min({REFERENCE_PREVALENCE} * (1 - {REFERENCE_PREVALENCE}), 0.0001)\n)"},
         {"record": DEAD_LETTER_RATIO,
-         "expr": f"sum by (stream) (rate(splice_dead_letters_total[{cfg.dead_letter_window}]))\n  /\n"
-                 f"(\n  sum by (stream) (rate(splice_dead_letters_total[{cfg.dead_letter_window}]))\n  +\n"
-                 f"  sum by (stream) (rate(splice_images_total[{cfg.dead_letter_window}]))\n)"},
+         "expr": f"sum by ({STREAM}) (rate(splice_dead_letters_total[{cfg.dead_letter_window}]))\n  /\n"
+                 f"(\n  sum by ({STREAM}) (rate(splice_dead_letters_total[{cfg.dead_letter_window}]))\n  +\n"
+                 f"  sum by ({STREAM}) (rate(splice_images_total[{cfg.dead_letter_window}]))\n)"},
         {"record": FIDELITY_MEAN,
-         "expr": f"sum by (stream) (rate(splice_fidelity_cosine_sum[{cfg.fidelity_window}]))\n  /\n"
-                 f"sum by (stream) (rate(splice_fidelity_cosine_count[{cfg.fidelity_window}]))"},
+         "expr": f"sum by ({STREAM}) (rate(splice_fidelity_cosine_sum[{cfg.fidelity_window}]))\n  /\n"
+                 f"sum by ({STREAM}) (rate(splice_fidelity_cosine_count[{cfg.fidelity_window}]))"},
     ]
 
 
@@ -135,31 +157,68 @@ def _go_raw(s: str) -> str:
     return "`" + s + "`"
 
 
+# The identifying labels as a Prometheus template matcher, so an annotation's query reads the firing series' own
+# deployment and never another release's value.
+_ID_MATCH = ",".join(f"{k}=%q" for k in ID_LABELS)
+_ID_ARGS = tuple(f"$labels.{k}" for k in ID_LABELS)
+
+# Which dashboard panel shows each alert's numbers: the Grafana rules link to it (__dashboardUid__, __panelId__)
+# and the Prometheus rules carry a dashboard_url.
+ALERT_PANELS: dict[str, tuple[str, str]] = {
+    "SpliceConceptPrevalenceDrift": ("concept-explorer", "Prevalence over time"),
+    "SpliceConceptDriftDetected": ("overview", "Concept alarms firing"),
+    "SpliceStreamDrift": ("overview", "Stream drift score"),
+    "SplicePipelineStalled": ("pipeline-health", "Throughput"),
+    "SpliceDeadLetterRateHigh": ("pipeline-health", "Dead-letter ratio"),
+    "SpliceFidelityDegraded": ("overview", "Mean reconstruction fidelity"),
+    "SpliceExporterDown": ("pipeline-health", "Exporter up"),
+    "SpliceExporterAbsent": ("pipeline-health", "Exporter up"),
+}
+
+
+_NO_STREAM_LABEL = ("SplicePipelineStalled", "SpliceExporterDown", "SpliceExporterAbsent")
+
+
+def runbook_anchor(alert: str) -> str:
+    """The docs/runbook.md section of an alert (GitHub's heading anchor: the heading lower-cased)."""
+    return alert.lower()
+
+
 def alert_specs(cfg: RuleConfig) -> list[AlertSpec]:
-    ref_by_labels = _q(REFERENCE_PREVALENCE + "{stream=%q,concept=%q}", "$labels.stream", "$labels.concept")
-    mon_ref = _q('splice_concept_prevalence_ratio{stream=%q,concept=%q,window="reference"}',
-                 "$labels.stream", "$labels.concept")
-    mon_cur = _q('splice_concept_prevalence_ratio{stream=%q,concept=%q,window="current"}',
-                 "$labels.stream", "$labels.concept")
+    ref_by_labels = _q(REFERENCE_PREVALENCE + "{" + _ID_MATCH + ",stream=%q,concept=%q}",
+                       *_ID_ARGS, "$labels.stream", "$labels.concept")
+    mon_ref = _q('splice_concept_prevalence_ratio{' + _ID_MATCH + ',stream=%q,concept=%q,window="reference"}',
+                 *_ID_ARGS, "$labels.stream", "$labels.concept")
+    mon_cur = _q('splice_concept_prevalence_ratio{' + _ID_MATCH + ',stream=%q,concept=%q,window="current"}',
+                 *_ID_ARGS, "$labels.stream", "$labels.concept")
     top_reason = ("{{ with printf " + _go_raw(
-        f"topk(1, sum by (reason) (rate(splice_dead_letters_total{{stream=%q}}[{cfg.dead_letter_window}])))")
+        f"topk(1, sum by (reason) (rate(splice_dead_letters_total{{{_ID_MATCH},stream=%q}}"
+        f"[{cfg.dead_letter_window}])))") + " " + " ".join(_ID_ARGS)
         + " $labels.stream | query }}{{ . | first | label \"reason\" }}{{ else }}n/a{{ end }}")
-    ref_fid = ("{{ with printf " + _go_raw('max(splice_window_fidelity_mean{stream=%q,window="reference"})')
+    ref_fid = ("{{ with printf " + _go_raw('max(splice_window_fidelity_mean{' + _ID_MATCH
+                                           + ',stream=%q,window="reference"})')
+               + " " + " ".join(_ID_ARGS)
                + " $labels.stream | query }}{{ . | first | value | printf \"%.3f\" }}{{ else }}n/a{{ end }}")
+    stream_score = ("{{ with printf " + _go_raw("max(splice_stream_drift_score{" + _ID_MATCH + ",stream=%q})")
+                    + " " + " ".join(_ID_ARGS)
+                    + " $labels.stream | query }}{{ . | first | value | humanize }}{{ else }}n/a{{ end }}")
+    where = "{{ $labels.job }} in {{ $labels.namespace }}"
+    up = f'up{{job=~"{cfg.exporter_job_regex}"}}'
     return [
         AlertSpec(
             name="SpliceConceptPrevalenceDrift",
             expr=(f"{PREVALENCE}\n"
-                  f"  and on (stream, concept) abs({PREVALENCE_Z}) > {cfg.z_threshold:g}\n"
-                  f"  and on (stream, concept) abs({PREVALENCE} - {REFERENCE_PREVALENCE}) > {cfg.min_abs_change:g}\n"
-                  f"  and on (stream) {IMAGES_INCREASE} >= {cfg.min_images}"),
+                  f"  and on ({CONCEPT}) abs({PREVALENCE_Z}) > {cfg.z_threshold:g}\n"
+                  f"  and on ({CONCEPT}) abs({PREVALENCE} - {REFERENCE_PREVALENCE}) > {cfg.min_abs_change:g}\n"
+                  f"  and on ({STREAM}) {IMAGES_INCREASE} >= {cfg.min_images}"),
             for_=cfg.concept_for,
             severity="warning",
             summary=("'{{ $labels.concept }}' prevalence on {{ $labels.stream }}: " + ref_by_labels
                      + " -> {{ $value | humanizePercentage }} over " + cfg.window),
             description=(f"The share of {{{{ $labels.stream }}}} images in which '{{{{ $labels.concept }}}}' is "
                          f"active over the last {cfg.window} differs from the monitor's reference by more than "
-                         f"{cfg.min_abs_change:.0%} (absolute) and |z| > {cfg.z_threshold:g} for {cfg.concept_for}."),
+                         f"{cfg.min_abs_change:.0%} (absolute) and |z| > {cfg.z_threshold:g} for {cfg.concept_for} "
+                         f"({where})."),
             grafana_summary=("'{{ $labels.concept }}' prevalence on {{ $labels.stream }}: "
                              "{{ humanizePercentage $values.REFERENCE.Value }} -> "
                              "{{ humanizePercentage $values.B.Value }} over " + cfg.window),
@@ -167,48 +226,47 @@ def alert_specs(cfg: RuleConfig) -> list[AlertSpec]:
         ),
         AlertSpec(
             name="SpliceConceptDriftDetected",
-            expr="max by (stream, concept) (splice_concept_alarm_firing) == 1",
+            expr=f"max by ({CONCEPT}) (splice_concept_alarm_firing) == 1",
             for_=cfg.alarm_for,
             severity="warning",
             summary=("'{{ $labels.concept }}' drifted on {{ $labels.stream }} (monitor alarm): prevalence "
                      + mon_ref + " -> " + mon_cur + " in the monitor's window"),
             description=("The drift monitor's calibrated per-concept test (prevalence or mean activation) is "
-                         "firing for '{{ $labels.concept }}' on {{ $labels.stream }}."),
+                         f"firing for '{{{{ $labels.concept }}}}' on {{{{ $labels.stream }}}} ({where})."),
             grafana_summary=("'{{ $labels.concept }}' drifted on {{ $labels.stream }} (monitor alarm): prevalence "
                              "{{ humanizePercentage $values.REFERENCE.Value }} -> "
                              "{{ humanizePercentage $values.CURRENT.Value }} in the monitor's window"),
             grafana_values=(
-                ("REFERENCE", 'max by (stream, concept) (splice_concept_prevalence_ratio{window="reference"})'),
-                ("CURRENT", 'max by (stream, concept) (splice_concept_prevalence_ratio{window="current"})'),
+                ("REFERENCE", f'max by ({CONCEPT}) (splice_concept_prevalence_ratio{{window="reference"}})'),
+                ("CURRENT", f'max by ({CONCEPT}) (splice_concept_prevalence_ratio{{window="current"}})'),
             ),
         ),
         AlertSpec(
             name="SpliceStreamDrift",
-            expr='max by (stream) (splice_alarms_firing{kind=~"stream|embedding"}) > 0',
+            expr=f'max by ({STREAM}) (splice_alarms_firing{{kind=~"stream|embedding"}}) > 0',
             for_=cfg.stream_for,
             severity="warning",
-            summary=("stream {{ $labels.stream }} drifted as a whole: drift score "
-                     "{{ with printf `max(splice_stream_drift_score{stream=%q})` $labels.stream | query }}"
-                     "{{ . | first | value | humanize }}{{ else }}n/a{{ end }}"),
+            summary="stream {{ $labels.stream }} drifted as a whole: drift score " + stream_score,
             description=("The drift monitor's stream-level test (all concepts / embeddings together) is firing "
-                         "for {{ $labels.stream }}; see the top drifting concepts on the overview dashboard."),
+                         f"for {{{{ $labels.stream }}}} ({where}); see the top drifting concepts on the overview "
+                         "dashboard."),
             grafana_summary=("stream {{ $labels.stream }} drifted as a whole: drift score "
                              "{{ humanize $values.SCORE.Value }}"),
-            grafana_values=(("SCORE", "max by (stream) (splice_stream_drift_score)"),),
+            grafana_values=(("SCORE", f"max by ({STREAM}) (splice_stream_drift_score)"),),
         ),
         AlertSpec(
             name="SplicePipelineStalled",
-            expr=(f"(sum(rate(splice_images_total[{cfg.stall_window}])) or on () vector(0)) == 0\n"
-                  f"  and on () max(splice_queue_items) > 0"),
+            # per deployment: one stalled release pages even while another one is busy
+            expr=(f"max by ({ID}) (splice_queue_items) > 0\n"
+                  f"  unless on ({ID})\n"
+                  f"sum by ({ID}) (rate(splice_images_total[{cfg.stall_window}])) > 0"),
             for_=cfg.stall_for,
             severity="critical",
-            summary=("splice-monitor decomposed no images in the last " + cfg.stall_window + " while "
-                     "{{ with query `max(splice_queue_items)` }}{{ . | first | value | humanize }}"
-                     "{{ else }}n/a{{ end }} items wait in the queue"),
+            summary=(f"{where} decomposed no images in the last " + cfg.stall_window + " while "
+                     "{{ $value | humanize }} items wait in the queue"),
             description="Workers are down, stuck or starved of resources; the input queue is not draining.",
-            grafana_summary=("splice-monitor decomposed no images in the last " + cfg.stall_window + " while "
-                             "{{ humanize $values.QUEUE.Value }} items wait in the queue"),
-            grafana_values=(("QUEUE", "max(splice_queue_items)"),),
+            grafana_summary=(f"{where} decomposed no images in the last " + cfg.stall_window + " while "
+                             "{{ humanize $values.B.Value }} items wait in the queue"),
         ),
         AlertSpec(
             name="SpliceDeadLetterRateHigh",
@@ -218,34 +276,88 @@ def alert_specs(cfg: RuleConfig) -> list[AlertSpec]:
             summary=("{{ $value | humanizePercentage }} of items on {{ $labels.stream }} dead-lettered over the "
                      "last " + cfg.dead_letter_window + " (top reason: " + top_reason + ")"),
             description=(f"More than {cfg.dead_letter_ratio:.0%} of the items of {{{{ $labels.stream }}}} cannot be "
-                         "decoded or decomposed; see dead letters by reason on the pipeline health dashboard."),
+                         f"decoded or decomposed ({where}); see dead letters by reason on the pipeline health "
+                         "dashboard."),
             grafana_summary=("{{ humanizePercentage $values.B.Value }} of items on {{ $labels.stream }} "
                              "dead-lettered over the last " + cfg.dead_letter_window),
         ),
         AlertSpec(
             name="SpliceFidelityDegraded",
-            expr=(f"{FIDELITY_MEAN}\n  < on (stream)\n"
-                  f'(max by (stream) (splice_window_fidelity_mean{{window="reference"}}) - {cfg.fidelity_drop:g})'),
+            expr=(f"{FIDELITY_MEAN}\n  < on ({STREAM})\n"
+                  f'(max by ({STREAM}) (splice_window_fidelity_mean{{window="reference"}}) - {cfg.fidelity_drop:g})'),
             for_=cfg.fidelity_for,
             severity="warning",
             summary=("mean reconstruction cosine on {{ $labels.stream }}: " + ref_fid
                      + " -> {{ $value | printf \"%.3f\" }} over " + cfg.fidelity_window),
             description=("The concept dictionary explains {{ $labels.stream }} much worse than in the reference "
-                         "window: new content the vocabulary lacks, or a changed encoder or preprocessing."),
+                         f"window ({where}): new content the vocabulary lacks, or a changed encoder or "
+                         "preprocessing."),
             grafana_summary=("mean reconstruction cosine on {{ $labels.stream }}: "
                              "{{ printf \"%.3f\" $values.REFERENCE.Value }} -> {{ printf \"%.3f\" $values.B.Value }}"
                              " over " + cfg.fidelity_window),
             grafana_values=(("REFERENCE",
-                             'max by (stream) (splice_window_fidelity_mean{window="reference"})'),),
+                             f'max by ({STREAM}) (splice_window_fidelity_mean{{window="reference"}})'),),
+        ),
+        AlertSpec(
+            name="SpliceExporterDown",
+            expr=f"{up} == 0",
+            for_=cfg.exporter_for,
+            severity="critical",
+            summary="splice-monitor exporter {{ $labels.instance }} ({{ $labels.job }} in {{ $labels.namespace }}) "
+                    "cannot be scraped",
+            description=("Prometheus fails to scrape the metrics endpoint: the aggregator (on the Ray head) is down "
+                         "or restarting, or the NetworkPolicy / port changed. Drift alerts for this deployment are "
+                         "blind until it is back."),
+            grafana_summary=("splice-monitor exporter {{ $labels.instance }} ({{ $labels.job }} in "
+                             "{{ $labels.namespace }}) cannot be scraped"),
+        ),
+        AlertSpec(
+            name="SpliceExporterAbsent",
+            # absent() has no series to take labels from: this one says "nothing at all", the one above says which
+            expr=f"absent({up})",
+            for_=cfg.absent_for,
+            severity="critical",
+            summary=f"no splice-monitor exporter target matches {up}",
+            description=("Prometheus has no scrape target for the exporter at all: the ServiceMonitor/PodMonitor is "
+                         "missing or not selected (release label), or the release is gone. No splice-monitor "
+                         "alert can fire while this one does."),
+            grafana_summary=f"no splice-monitor exporter target matches {up}",
         ),
     ]
 
 
+def _panel(alert: str) -> tuple[str, int]:
+    """(dashboard uid, panel id) of the panel that shows ``alert``'s numbers."""
+    from dashboards.build import dashboard_json  # the dashboards import this module: resolve at call time
+
+    name, title = ALERT_PANELS[alert]
+    model = dashboard_json(name)
+    ids = [p["id"] for p in model["panels"] if p.get("title") == title]
+    if len(ids) != 1:
+        raise ValueError(f"alert {alert}: dashboard {name!r} has {len(ids)} panels titled {title!r}, need one")
+    return model["uid"], ids[0]
+
+
+def _dashboard_url(cfg: RuleConfig, alert: str) -> str:
+    uid, panel = _panel(alert)
+    url = f"{cfg.grafana_url}/d/{uid}?viewPanel={panel}"
+    if alert != "SpliceExporterAbsent":  # the one alert without identifying labels
+        url += "&var-namespace={{ $labels.namespace }}&var-job={{ $labels.job }}"
+    if alert not in _NO_STREAM_LABEL:
+        url += "&var-stream={{ $labels.stream }}"
+    if ALERT_PANELS[alert][0] == "concept-explorer":
+        url += "&var-concept={{ $labels.concept }}"
+    return url
+
+
 def build_rules(cfg: RuleConfig = RuleConfig()) -> dict:
-    """The Prometheus rules file as a dict (``groups:``), recording group first."""
+    """The Prometheus rules file as a dict (``groups:``), recording group first. Every alert carries a runbook_url
+    (its docs/runbook.md section) and a dashboard_url (the panel with its numbers)."""
     alerts = [
         {"alert": a.name, "expr": a.expr, "for": a.for_, "labels": {"severity": a.severity},
-         "annotations": {"summary": a.summary, "description": a.description}}
+         "annotations": {"summary": a.summary, "description": a.description,
+                         "runbook_url": f"{cfg.runbook_base}#{runbook_anchor(a.name)}",
+                         "dashboard_url": _dashboard_url(cfg, a.name)}}
         for a in alert_specs(cfg)
     ]
     return {"groups": [
@@ -298,9 +410,13 @@ def build_grafana_alerting(cfg: RuleConfig = RuleConfig(), *, datasource_uid: st
         for ref, promql in a.grafana_values:
             data.append(query(f"{ref}_Q", promql))
             data.append(reduce(ref, f"{ref}_Q"))
+        dash_uid, panel_id = _panel(a.name)
         rule = (alerting.Rule(a.name).uid(_uid(a.name)).condition("C").queries(data).for_val(a.for_)
                 .labels({"severity": a.severity})
-                .annotations({"summary": a.grafana_summary, "description": a.description})
+                # Grafana links a rule to its panel through these two annotations (the panel shows the alert state)
+                .annotations({"summary": a.grafana_summary, "description": a.description,
+                              "runbook_url": f"{cfg.runbook_base}#{runbook_anchor(a.name)}",
+                              "__dashboardUid__": dash_uid, "__panelId__": str(panel_id)})
                 .no_data_state("OK").exec_err_state("Error"))
         built = json.loads(JSONEncoder().encode(rule.build()))
         rules.append({

@@ -24,6 +24,18 @@ def test_generated_json_is_up_to_date(name):
         f"{path} is stale: run `splice-monitor dashboards render`"
 
 
+def test_render_without_output_writes_to_the_working_directory_never_the_package(tmp_path, monkeypatch, capsys):
+    before = {p: p.stat().st_mtime_ns for p in dashboards.PACKAGE_DIR.rglob("*") if p.is_file()}
+    monkeypatch.chdir(tmp_path)
+    assert main(["dashboards", "render"]) == 0
+    out = tmp_path / "dashboards-out"
+    written = {p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()}
+    assert written == set(dashboards.render_files())
+    assert all(line.startswith(str(out)) for line in capsys.readouterr().out.split())
+    after = {p: p.stat().st_mtime_ns for p in dashboards.PACKAGE_DIR.rglob("*") if p.is_file()}
+    assert after == before, "render touched the installed package"
+
+
 def test_render_check_detects_stale_files(tmp_path, capsys):
     assert main(["dashboards", "render", "-o", str(tmp_path)]) == 0
     written = {p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*") if p.is_file()}
@@ -44,7 +56,7 @@ def test_dashboards_have_the_required_panels_and_variables():
     assert {"Batch latency", "Queue depth", "Dead letters by reason", "Solver non-convergence",
             "Fidelity quantiles", "Reference age"} <= titles["pipeline-health"]
     explorer = dashboard_json("concept-explorer")
-    assert [n for n, _ in variable_queries(explorer)] == ["stream", "concept"]
+    assert [n for n, _ in variable_queries(explorer)] == ["cluster", "namespace", "job", "stream", "concept"]
     for _, _, target in panel_queries(explorer):
         assert 'stream="$stream"' in target["expr"]
         assert 'concept=~"$concept"' in target["expr"]
@@ -144,10 +156,11 @@ def test_push_creates_folder_overwrites_dashboards_and_replaces_rule_group(capsy
     (group,) = [b for m, p, b, _ in calls if m == "PUT"]
     assert [r["title"] for r in group["rules"]] == [
         "SpliceConceptPrevalenceDrift", "SpliceConceptDriftDetected", "SpliceStreamDrift",
-        "SplicePipelineStalled", "SpliceDeadLetterRateHigh", "SpliceFidelityDegraded"]
+        "SplicePipelineStalled", "SpliceDeadLetterRateHigh", "SpliceFidelityDegraded", "SpliceExporterDown",
+        "SpliceExporterAbsent"]
     assert all(r["folderUID"] == "splice-monitor" and r["ruleGroup"] == "splice-monitor" for r in group["rules"])
     assert group["interval"] == 60
-    assert "alert rule group splice-monitor (6 rules)" in capsys.readouterr().out
+    assert "alert rule group splice-monitor (8 rules)" in capsys.readouterr().out
 
 
 def test_push_takes_the_token_from_grafana_token_when_no_flag_is_given(monkeypatch, capsys):
@@ -167,3 +180,32 @@ def test_push_without_flag_or_environment_token_fails_naming_both(monkeypatch, c
     assert exc.value.code == 2
     err = capsys.readouterr().err
     assert "--token" in err and "GRAFANA_TOKEN" in err
+
+
+def test_current_schema_version_and_deployment_variables_on_every_dashboard():
+    for name in DASHBOARDS:
+        model = dashboard_json(name)
+        assert model["schemaVersion"] >= 41, f"{name}: schemaVersion {model['schemaVersion']}"
+        variables = {v["name"]: v for v in model["templating"]["list"]}
+        for var in ("cluster", "namespace", "job"):
+            v = variables[var]
+            assert v["includeAll"] and v["multi"] and v["allValue"] == ".*", (name, var)
+        assert 'job=~"$job"' in variables["stream"]["query"]["query"]
+
+
+def test_every_query_is_narrowed_to_the_chosen_deployment():
+    for name in DASHBOARDS:
+        model = dashboard_json(name)
+        exprs = [(t, t["expr"]) for _, _, t in panel_queries(model)]
+        exprs += [(v, q) for v, q in variable_queries(model) if v not in ("cluster", "namespace", "job")]
+        for where, expr in exprs:
+            for var in ("cluster", "namespace", "job"):
+                assert f'{var}=~"${var}"' in expr, f"{name}: {expr} ignores ${var}"
+
+
+def test_units_name_what_is_counted():
+    units = {p["title"]: p["fieldConfig"]["defaults"].get("unit") for n in DASHBOARDS
+             for p in dashboard_json(n)["panels"] if p["type"] != "row"}
+    assert "reqps" not in units.values()
+    assert units["Throughput by stream"] == "suffix: images/s"
+    assert units["Dead letters by reason"] == "suffix: items/s"
