@@ -16,7 +16,8 @@ from __future__ import annotations
 
 __all__ = [
     "DEAD_LETTER_REASONS", "BadInput", "SpliceError", "ConfigError", "NoDataError", "PipelineError",
-    "ConvergenceWarning", "DuplicateConceptWarning", "RandomWeightsWarning", "UncalibratedMeanWarning",
+    "ConvergenceWarning", "CorruptFileWarning", "DuplicateConceptWarning", "RandomWeightsWarning",
+    "UncalibratedMeanWarning",
 ]
 
 # The closed set of dead-letter reasons. Metrics label dead letters by these codes only, so the label set stays
@@ -74,6 +75,11 @@ class PipelineError(SpliceError, RuntimeError):
 
 class ConvergenceWarning(UserWarning):
     """Some rows stopped before their relative duality gap reached the tolerance; the message carries the numbers."""
+
+
+class CorruptFileWarning(UserWarning):
+    """A history store file could not be read; it was moved to the store's ``quarantine/`` folder (both paths named)
+    and its rows are left out of results until someone repairs or deletes it."""
 
 
 class DuplicateConceptWarning(UserWarning):

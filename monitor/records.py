@@ -189,6 +189,9 @@ class WindowSummary:
     l0_sum: float = 0.0
     l0_sq_sum: float = 0.0
     concept_space: str = ""
+    # Position of the window in its stream (0, 1, 2, ...): with the start it identifies a stored window, so count
+    # windows that share a start (a source without event times) stay apart. -1: not numbered.
+    index: int = -1
 
     @property
     def n_concepts(self) -> int:

@@ -445,6 +445,8 @@ class AggregatorCore:
 
     def close(self) -> None:
         self.sink.close()
+        if self.history is not None:
+            self.history.close()  # the store's writer lock: the next run may write at once
         if self.exporter is not None:
             _stop_exporter(self.exporter)
             self.exporter = None

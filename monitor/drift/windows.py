@@ -76,7 +76,9 @@ class ClosedWindow:
     n_reference: int = 0  # images of this window that also built the fixed reference
 
     def summary(self, stream: str, concept_space: str = "") -> WindowSummary:
-        return self.stats.to_summary(stream, self.start, self.end, concept_space)
+        summary = self.stats.to_summary(stream, self.start, self.end, concept_space)
+        summary.index = self.index  # count windows: the position in the stream, which keeps stored windows apart
+        return summary
 
     def state_dict(self) -> dict[str, Any]:
         return {"index": self.index, "start": self.start, "end": self.end, "stats": self.stats.state_dict(),

@@ -28,7 +28,14 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from monitor.history.store import HistoryStore, NoDataError, parse_time, retry_if_compacted
+from monitor.history.selection import Selection
+from monitor.history.selection import codes_or_explain as _codes_or_explain
+from monitor.history.selection import flatten_codes as _flatten_codes
+from monitor.history.selection import iso as _iso
+from monitor.history.significance import benjamini_hochberg
+from monitor.history.significance import two_proportion as _two_proportion
+from monitor.history.significance import welch as _welch
+from monitor.history.store import HistoryStore, NoDataError, retry_if_compacted
 
 __all__ = [
     "GRANULARITIES",
@@ -52,67 +59,6 @@ GRANULARITIES: dict[str, tuple[float, float]] = {
     "week": (604800.0, 4 * 86400.0),
 }
 _MAX_BUCKETS = 2_000_000
-
-
-@dataclass(frozen=True)
-class Selection:
-    """A set of stored images: event time in [start, end), optional streams, optional metadata equalities.
-
-    Windows are selected by their start time; a ``where`` slice is answered from per-image codes.
-    """
-
-    start: float | None = None
-    end: float | None = None
-    streams: tuple[str, ...] | None = None
-    where: tuple[tuple[str, str], ...] = ()
-
-    @classmethod
-    def make(
-        cls,
-        start: str | float | None = None,
-        end: str | float | None = None,
-        stream: str | Sequence[str] | None = None,
-        where: Mapping[str, Any] | None = None,
-    ) -> "Selection":
-        s, e = parse_time(start, name="start"), parse_time(end, name="end")
-        if s is not None and e is not None and e <= s:
-            raise ValueError(f"empty time range: end={end!r} must be after start={start!r}")
-        streams = (stream,) if isinstance(stream, str) else (tuple(stream) if stream else None)
-        items = tuple(sorted((str(k), str(v)) for k, v in (where or {}).items()))
-        return cls(s, e, streams, items)
-
-    def __post_init__(self) -> None:
-        if self.start is not None and self.end is not None and self.end <= self.start:
-            raise ValueError(f"empty time range: end={self.end} must be after start={self.start}")
-
-    def describe(self) -> str:
-        parts = [f"{_fmt_time(self.start)} .. {_fmt_time(self.end)}"]
-        if self.streams:
-            parts.append("stream=" + ",".join(self.streams))
-        parts.extend(f"{k}={v}" for k, v in self.where)
-        return " ".join(parts)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "start": self.start,
-            "end": self.end,
-            "start_iso": _iso(self.start),
-            "end_iso": _iso(self.end),
-            "streams": list(self.streams) if self.streams else None,
-            "where": dict(self.where),
-        }
-
-
-def _iso(t: float | None) -> str | None:
-    if t is None:
-        return None
-    from datetime import datetime, timezone
-
-    return datetime.fromtimestamp(t, timezone.utc).isoformat().replace("+00:00", "Z")
-
-
-def _fmt_time(t: float | None) -> str:
-    return "…" if t is None else _iso(t)
 
 
 @dataclass
@@ -179,91 +125,6 @@ def aggregate(store: HistoryStore, sel: Selection) -> Aggregate:
         float(pc.sum(header["fidelity_sum"]).as_py() or 0.0),
         float(pc.sum(header["l0_sum"]).as_py() or 0.0),
     )
-
-
-def _codes_or_explain(store: HistoryStore, sel: Selection, columns: list[str]) -> pa.Table:
-    if not store.has_codes(sel.streams):
-        need = f"the metadata slice {dict(sel.where)}" if sel.where else "co-occurrence"
-        scope = f" for stream(s) {list(sel.streams)}" if sel.streams else ""
-        raise NoDataError(
-            f"{need} needs per-image codes, and history store {str(store.root)!r} holds none{scope}: store them "
-            f"with HistoryStore.write_codes (the pipeline's per-image codes option); window aggregates only answer "
-            f"time-range and stream questions"
-        )
-    return store.scan_codes(streams=sel.streams, start=sel.start, end=sel.end, where=dict(sel.where), columns=columns)
-
-
-def _flatten_codes(table: pa.Table) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    if table.num_rows == 0:
-        return np.zeros(0, np.int64), np.zeros(0), np.zeros(0, np.int64)
-    lists = table["concept_index"].combine_chunks()
-    ids = pc.list_flatten(lists).to_numpy(zero_copy_only=False).astype(np.int64)
-    lengths = pc.fill_null(pc.list_value_length(lists), 0).to_numpy(zero_copy_only=False).astype(np.int64)
-    weights = np.zeros(0)
-    if "weight" in table.column_names:
-        weights = pc.list_flatten(table["weight"].combine_chunks()).to_numpy(zero_copy_only=False).astype(np.float64)
-    return ids, weights, lengths
-
-
-# ---------------------------------------------------------------------------------------------------- statistics
-
-
-def benjamini_hochberg(p: np.ndarray, m: int | None = None) -> np.ndarray:
-    """Benjamini-Hochberg adjusted p-values (q-values) for ``p``, counting ``m`` >= len(p) hypotheses in all.
-
-    >>> benjamini_hochberg(np.array([0.01, 0.04, 0.03]), m=3).round(3).tolist()
-    [0.03, 0.04, 0.04]
-    """
-    p = np.asarray(p, dtype=np.float64)
-    m = len(p) if m is None else int(m)
-    if m < len(p):
-        raise ValueError(f"m={m} hypotheses cannot be fewer than the {len(p)} p-values given")
-    if len(p) == 0:
-        return p.copy()
-    order = np.argsort(p, kind="mergesort")
-    ranked = p[order] * m / np.arange(1, len(p) + 1)
-    ranked = np.minimum.accumulate(ranked[::-1])[::-1]
-    q = np.empty_like(ranked)
-    q[order] = np.minimum(ranked, 1.0)
-    return q
-
-
-def _two_proportion(x1: np.ndarray, n1: int, x2: np.ndarray, n2: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(Cohen's h, pooled z, two-sided p) for prevalence x2/n2 versus x1/n1."""
-    from scipy import stats
-
-    p1, p2 = x1 / n1, x2 / n2
-    pooled = (x1 + x2) / (n1 + n2)
-    se = np.sqrt(pooled * (1 - pooled) * (1 / n1 + 1 / n2))
-    with np.errstate(divide="ignore", invalid="ignore"):
-        z = np.where(se > 0, (p2 - p1) / se, 0.0)
-    pval = np.where(se > 0, 2 * stats.norm.sf(np.abs(z)), 1.0)
-    h = 2 * np.arcsin(np.sqrt(np.clip(p2, 0, 1))) - 2 * np.arcsin(np.sqrt(np.clip(p1, 0, 1)))
-    return h, z, pval
-
-
-def _welch(
-    s1: np.ndarray, ss1: np.ndarray, n1: int, s2: np.ndarray, ss2: np.ndarray, n2: int
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """(standardized mean difference, Welch t, Welch-Satterthwaite df, two-sided p) from sums and sums of squares
-    over all images (zeros included)."""
-    from scipy import stats
-
-    m1, m2 = s1 / n1, s2 / n2
-    v1 = np.maximum(ss1 - s1 * m1, 0.0) / max(n1 - 1, 1)
-    v2 = np.maximum(ss2 - s2 * m2, 0.0) / max(n2 - 1, 1)
-    a1, a2 = v1 / n1, v2 / n2
-    se = np.sqrt(a1 + a2)
-    diff = m2 - m1
-    with np.errstate(divide="ignore", invalid="ignore"):
-        t = np.where(se > 0, diff / se, np.where(diff != 0, np.sign(diff) * np.inf, 0.0))
-        df = np.where(
-            se > 0, (a1 + a2) ** 2 / (a1**2 / max(n1 - 1, 1) + a2**2 / max(n2 - 1, 1)), float(n1 + n2 - 2)
-        )
-        sd = np.sqrt((v1 + v2) / 2)
-        d = np.where(sd > 0, diff / sd, 0.0)
-    pval = np.where(np.isfinite(t), 2 * stats.t.sf(np.abs(t), np.maximum(df, 1.0)), np.where(diff != 0, 0.0, 1.0))
-    return d, t, df, pval
 
 
 @dataclass
