@@ -13,6 +13,7 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 from datetime import datetime, timezone
@@ -94,7 +95,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     r.update(source=source, solver=solver, workers=workers)
                     result["runs"].append(r)
                     print(f"[bench pipeline] {source} solver={solver} workers={workers}: "
-                          f"{r['items_per_s']:.0f} items/s", flush=True)
+                          f"{r['items_per_s']:.0f} items/s", file=sys.stderr, flush=True)
     finally:
         if redis is not None:
             redis.stop()

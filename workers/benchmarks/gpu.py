@@ -23,9 +23,12 @@ from typing import Any, Callable
 # Sizes per mode: full runs fit in about 5 minutes on an H100/H200 (most of it one-off start-up and data generation).
 FULL = {"solver_batches": (4096, 16384, 65536), "solver_repeats": 3, "encoder_batches": (256, 1024),
         "encoder_iters": 10, "encoder_repeats": 2, "jpeg_count": 1024, "jpeg_sizes": (256, 512), "jpeg_repeats": 3,
-        "e2e_items": 16384, "e2e_batch": 1024, "concepts": 10_000, "dim": 512}
+        "e2e_items": 16384, "e2e_runs": (("device_decode", 1024, 16384), ("device_decode", 4096, 16384),
+                                          ("pil_decode", 1024, 4096)),
+        "concepts": 10_000, "dim": 512}
 QUICK = {"solver_batches": (32,), "solver_repeats": 1, "encoder_batches": (1,), "encoder_iters": 1,
-         "encoder_repeats": 1, "jpeg_count": 8, "jpeg_sizes": (64,), "jpeg_repeats": 1, "e2e_items": 6, "e2e_batch": 3,
+         "encoder_repeats": 1, "jpeg_count": 8, "jpeg_sizes": (64,), "jpeg_repeats": 1, "e2e_items": 6,
+         "e2e_runs": (("device_decode", 3, 6), ("pil_decode", 3, 6)),
          "concepts": 2_000, "dim": 512}
 
 
@@ -224,7 +227,8 @@ def _worker(device, sizes: dict, l1: float, tol: float) -> dict:
     from workers.core import Worker, WorkItem
 
     precision = "fp16" if device.type == "cuda" else "fp32"
-    encoder = OpenClipEncoder("ViT-B-32", "random", device=str(device), batch_size=sizes["e2e_batch"],
+    runs = [r for r in sizes["e2e_runs"] if device.type == "cuda" or r[0] == "pil_decode"]
+    encoder = OpenClipEncoder("ViT-B-32", "random", device=str(device), batch_size=max(b for _, b, _ in runs),
                               precision=precision)
     # a synthetic 10,000-concept dictionary in the encoder's space: the solver's cost depends on c and d only
     vectors = make_dictionary(sizes["concepts"], encoder.dim, seed=0).numpy()
@@ -233,21 +237,21 @@ def _worker(device, sizes: dict, l1: float, tol: float) -> dict:
     decomposer = Decomposer(dictionary, np.zeros(encoder.dim, np.float32), l1=l1, device=device, tol=tol,
                             mean_source="zero (benchmark)")
     distinct = _jpegs(sizes["jpeg_count"], 256)  # the JPEG part's 256 px set, cycled
-    items = [WorkItem(meta=ItemMeta(id=f"img-{i}", timestamp=1_700_000_000.0 + i), payload=distinct[i % len(distinct)])
-             for i in range(sizes["e2e_items"])]
-    out: dict[str, Any] = {"items": len(items), "batch": sizes["e2e_batch"], "n_concepts": sizes["concepts"],
-                           "encoder_dtype": precision, "image_size": 256}
-    modes = [("device_decode", "on"), ("pil_decode", "off")] if device.type == "cuda" else [("pil_decode", "off")]
-    for name, decode in modes:
-        worker = Worker(encoder, decomposer, encode_batch=sizes["e2e_batch"], device_decode=decode)
+    out: dict[str, Any] = {"n_concepts": sizes["concepts"], "encoder_dtype": precision, "image_size": 256,
+                           "runs": []}
+    for mode, batch, n in runs:
+        items = [WorkItem(meta=ItemMeta(id=f"img-{i}", timestamp=1_700_000_000.0 + i),
+                          payload=distinct[i % len(distinct)]) for i in range(n)]
+        worker = Worker(encoder, decomposer, encode_batch=batch,
+                        device_decode="on" if mode == "device_decode" else "off")
         try:
-            worker.process(items[: sizes["e2e_batch"]])  # warm-up
+            worker.process(items[:batch])  # warm-up
             _sync(device)
             split: dict[str, float] = {}
             counted = dead = nonconverged = 0
             t0 = time.perf_counter()
-            for i in range(0, len(items), sizes["e2e_batch"]):
-                part = worker.process(items[i:i + sizes["e2e_batch"]])
+            for i in range(0, n, batch):
+                part = worker.process(items[i:i + batch])
                 counted += len(part.items)
                 dead += len(part.dead_letters)
                 nonconverged += part.n_nonconverged
@@ -257,12 +261,14 @@ def _worker(device, sizes: dict, l1: float, tol: float) -> dict:
             elapsed = time.perf_counter() - t0
         finally:
             worker.close()
-        if counted + dead != len(items):
-            raise RuntimeError(f"worker core returned {counted} codes and {dead} dead letters for {len(items)} items")
-        out[name] = {"items_per_s": len(items) / elapsed, "decomposed": counted, "dead_letters": dead,
-                     "nonconverged": nonconverged, "time_split_s": {k: round(v, 3) for k, v in split.items()},
-                     "device_decode_active": worker._device_plan is not None}
-        _log(f"worker core ({name}): {len(items) / elapsed:,.0f} items/s")
+        if counted + dead != n:
+            raise RuntimeError(f"worker core returned {counted} codes and {dead} dead letters for {n} items")
+        out["runs"].append({"mode": mode, "batch": batch, "items": n, "items_per_s": n / elapsed,
+                            "decomposed": counted, "dead_letters": dead, "nonconverged": nonconverged,
+                            "time_split_s": {k: round(v, 3) for k, v in split.items()},
+                            "device_decode_active": worker._device_plan is not None})
+        _log(f"worker core ({mode}, batch {batch}): {n / elapsed:,.0f} items/s")
+    out["best_items_per_s"] = max(r["items_per_s"] for r in out["runs"])
     return out
 
 
