@@ -41,12 +41,19 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
         "ray": {"worker": {"gpus": 4, "replicas": 1, "minReplicas": 0, "maxReplicas": 2,
                            "nodeSelector": {"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"}}},
     },
-    "existing-secret": {
-        "source": {"uri": "", "existingSecret": {"name": "stream-uri", "key": "uri"}},
-    },
     "redis-password": {
-        "source": {"uri": "rediss://monitor@redis.data.svc:6380/0", "passwordSecret": {"name": "redis-auth"},
-                   "deadLetter": "redis://redis.data.svc:6379/1"},
+        "source": {"uri": "rediss://monitor@redis.data.svc:6380/0?stream=frames&group=splice",
+                   "passwordSecret": {"name": "redis-auth"},
+                   "deadLetter": "redis://redis.data.svc:6379/1?stream=deadletters"},
+        "networkPolicy": {"egress": {"redis": {"namespace": "data", "podLabels": {"app.kubernetes.io/name": "redis-ha"},
+                                               "port": 6380}}},
+    },
+    "history-reference": {
+        "monitor": {"window": "30m", "ert": 200,
+                    "reference": {"mode": "history", "from": "2026-01-01T00:00:00Z", "to": "2026-01-08T00:00:00Z",
+                                  "store": "s3://splice/reference"}},
+        "ray": {"auth": {"existingSecret": "ray-token"}},
+        "global": {"imageRegistry": "registry.example.com", "storageClass": "fast"},
     },
     "object-store": {
         "history": {"type": "objectStore",
@@ -72,10 +79,10 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
                   "initContainer": {"command": ["sh", "-c"], "args": ["cp -r /seed/. \"$MODEL_DIR\""]}},
         "vocabulary": {"existingConfigMap": "my-vocab", "key": "concepts.txt"},
     },
-    "rayjob": {
-        "driver": {"kind": "RayJob", "rayJob": {"activeDeadlineSeconds": 86400}},
+    "backfill": {
+        "driver": {"mode": "backfill", "jobId": "frames-2026-03", "rayJob": {"activeDeadlineSeconds": 86400}},
         "source": {"uri": "parquet:///data/frames-2026-03.parquet", "pvc": {"existingClaim": "archive"}},
-        "metrics": {"serviceMonitor": {"enabled": False}, "podMonitor": {"enabled": True}},
+        "pushgateway": {"url": "http://prometheus-pushgateway.monitoring:9091"},
         "vocabulary": {"inline": "snow\nrain\n"},
     },
 }
@@ -139,7 +146,7 @@ def pod_specs(obj: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
     kind, name = obj["kind"], obj["metadata"]["name"]
     if kind == "Deployment":
         return [(f"{kind}/{name}", obj["spec"]["template"]["spec"])]
-    cluster = obj["spec"]["rayClusterSpec"] if kind == "RayJob" else obj["spec"] if kind == "RayCluster" else None
+    cluster = obj["spec"]["rayClusterSpec"] if kind == "RayJob" else None
     if cluster is None:
         return []
     specs = [(f"{kind}/{name} head", cluster["headGroupSpec"]["template"]["spec"])]

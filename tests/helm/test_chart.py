@@ -31,16 +31,23 @@ MATRIX = pytest.mark.parametrize("value_set", sorted(VALUE_SETS))
 
 
 def _run_args(rendered) -> list[str]:
-    """The `splice-monitor run ...` argument vector of the driver, with the container's $(VAR)s left in."""
-    jobs = rendered.of_kind("RayJob")
-    if jobs:
-        words = shlex.split(jobs[0]["spec"]["entrypoint"])
-        assert words[0] == "splice-monitor"
-        shell_to_k8s = {"${SPLICE_SOURCE}": "$(SPLICE_SOURCE)", "${SPLICE_DEAD_LETTER}": "$(SPLICE_DEAD_LETTER)"}
-        return [shell_to_k8s.get(w, w) for w in words[1:]]
-    driver = rendered.one("Deployment", "-driver")["spec"]["template"]["spec"]["containers"][0]
-    assert driver["command"] == ["splice-monitor"]
-    return driver["args"]
+    """The driver's argument vector after `splice-monitor` (the RayJob entrypoint, as the shell splits it)."""
+    words = shlex.split(rendered.one("RayJob")["spec"]["entrypoint"])
+    assert words[0] == "splice-monitor"
+    return words[1:]
+
+
+def _cluster(rendered) -> dict:
+    return rendered.one("RayJob")["spec"]["rayClusterSpec"]
+
+
+def _head(rendered) -> dict:
+    return _cluster(rendered)["headGroupSpec"]["template"]["spec"]
+
+
+def _driver_container(rendered) -> dict:
+    """The driver is the RayJob entrypoint: it runs in the head container and sees its environment."""
+    return _head(rendered)["containers"][0]
 
 
 def _flag(args: list[str], name: str) -> str | None:
@@ -86,10 +93,10 @@ def test_every_custom_resource_matches_its_crd_schema(render, crd_validators, va
 
 
 def test_strict_crd_check_catches_a_misspelt_field(render, crd_validators):
-    cluster = render({}).one("RayCluster")
-    bad = json.loads(json.dumps(cluster))
-    bad["spec"]["workerGroupSpecs"][0]["maxReplica"] = 3
-    errors = list(crd_validators[("ray.io/v1", "RayCluster")].iter_errors(bad))
+    job = render({}).one("RayJob")
+    bad = json.loads(json.dumps(job))
+    bad["spec"]["rayClusterSpec"]["workerGroupSpecs"][0]["maxReplica"] = 3
+    errors = list(crd_validators[("ray.io/v1", "RayJob")].iter_errors(bad))
     assert any("maxReplica" in e.message for e in errors)
 
 
@@ -105,13 +112,16 @@ def test_strict_crd_check_catches_a_misspelt_field(render, crd_validators):
         ("replicaCount: 3\n", "replicaCount"),
         ("source:\n  uri: redis://:hunter2@redis:6379/0\n", "/source/uri"),
         ("source:\n  password: hunter2\n", "password"),
-        ("driver:\n  kind: StatefulSet\n", "/driver/kind"),
+        ("driver:\n  mode: Deployment\n", "/driver/mode"),
+        ("pushgateway:\n  url: http://u:pw@gw:9091\n", "/pushgateway/url"),
+        ("monitor:\n  window: one hour\n", "/monitor/window"),
         ("securityContext:\n  readOnlyRootFilesystem: false\n", "readOnlyRootFilesystem"),
         ("podSecurityContext:\n  runAsNonRoot: false\n", "runAsNonRoot"),
         ("metrics:\n  serviceMonitor:\n    interval: 30 seconds\n", "/metrics/serviceMonitor/interval"),
     ],
     ids=["wrong-type", "fractional-gpus", "unknown-nested-key", "unknown-image-key", "unknown-top-key",
-         "password-in-uri", "password-key", "bad-enum", "writable-root", "root-allowed", "bad-duration"],
+         "password-in-uri", "password-key", "bad-enum", "password-in-gateway", "bad-window", "writable-root",
+         "root-allowed", "bad-duration"],
 )
 def test_values_schema_rejects_a_bad_values_file(helm, chart, tmp_path, bad_values, needle):
     values_file = tmp_path / "bad-values.yaml"
@@ -145,7 +155,8 @@ def test_default_values_are_fully_described_by_the_schema(chart):
 
 
 # Kubernetes objects the chart passes through untouched (the API server validates their insides).
-FREE_FORM = {"affinity.nodeAffinity", "affinity.podAffinity", "affinity.podAntiAffinity", "env[].valueFrom"}
+FREE_FORM = {"affinity.nodeAffinity", "affinity.podAffinity", "affinity.podAntiAffinity", "env[].valueFrom",
+             "egress.extra[]", "global"}
 
 
 def test_schema_rejects_unknown_keys_at_every_level(chart):
@@ -183,9 +194,12 @@ def test_schema_rejects_unknown_keys_at_every_level(chart):
         ({"vocabulary": {"inline": "a\n", "existingConfigMap": "v"}}, "not both"),
         ({"source": {"uri": ""}}, "needs a source"),
         ({"ray": {"worker": {"rayStartParams": {"min-worker-port": "20000"}}}}, "set ray.ports.minWorker instead"),
+        ({"driver": {"mode": "backfill"}}, "driver.mode=backfill needs a finite file source"),
+        ({"monitor": {"reference": {"mode": "history"}}}, "needs monitor.reference.from and monitor.reference.to"),
+        ({"monitor": {"reference": {"from": "2026-01-01"}}}, "need monitor.reference.mode=history"),
     ],
     ids=["replica-order", "gpus-per-worker", "double-scrape", "store-uri", "model-claim", "two-vocabs", "no-source",
-         "unpinned-port"],
+         "unpinned-port", "backfill-of-a-stream", "history-without-period", "period-without-history"],
 )
 def test_inconsistent_values_fail_with_a_message_naming_them(helm, chart, values, message):
     with pytest.raises(helm.HelmError, match=message):
@@ -251,18 +265,19 @@ def test_packaged_chart_embeds_the_linked_files_verbatim(chart, tmp_path):
             assert read(f"files/dashboards/{path.name}") == path.read_text()
 
 
-# --- Ray cluster, driver and the `run` command line ---------------------------------------------------------------
+# --- the driver: a RayJob whose entrypoint runs on the head ---------------------------------------------------------
 
 def test_extra_ray_start_params_override_defaults_key_by_key(render):
-    cluster = render({"ray": {"head": {"rayStartParams": {"num-cpus": "1", "object-store-memory": "2000000000"}}}})
-    head = cluster.one("RayCluster")["spec"]["headGroupSpec"]["rayStartParams"]
+    cluster = _cluster(render({"ray": {"head": {"rayStartParams": {"num-cpus": "1",
+                                                                  "object-store-memory": "2000000000"}}}}))
+    head = cluster["headGroupSpec"]["rayStartParams"]
     assert head["num-cpus"] == "1" and head["object-store-memory"] == "2000000000"
-    assert head["ray-client-server-port"] == "10001", "the defaults stay"
+    assert head["dashboard-port"] == "8265", "the defaults stay"
 
 
 def test_gpu_worker_group_requests_gpus_with_autoscaling_bounds_and_placement(render):
     rendered = render(VALUE_SETS["gpu-multi"])
-    group = rendered.one("RayCluster")["spec"]["workerGroupSpecs"][0]
+    group = _cluster(rendered)["workerGroupSpecs"][0]
     assert (group["minReplicas"], group["replicas"], group["maxReplicas"]) == (0, 1, 2)
     pod = group["template"]["spec"]
     assert pod["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == 4
@@ -270,101 +285,179 @@ def test_gpu_worker_group_requests_gpus_with_autoscaling_bounds_and_placement(re
     assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in pod["tolerations"]
     args = _run_args(rendered)
     assert (_flag(args, "--workers"), _flag(args, "--gpus-per-worker")) == ("8", "0.5")
-    head = rendered.one("RayCluster")["spec"]["headGroupSpec"]
-    assert "nvidia.com/gpu" not in json.dumps(head), "the head is a CPU pod"
+    assert "nvidia.com/gpu" not in json.dumps(_cluster(rendered)["headGroupSpec"]), "the head is a CPU pod"
 
 
 def test_cpu_only_cluster_requests_no_gpu_and_tells_run_zero_gpus(render):
     rendered = render(VALUE_SETS["cpu-only"])
-    assert "nvidia.com/gpu" not in json.dumps(rendered.one("RayCluster"))
+    assert "nvidia.com/gpu" not in json.dumps(rendered.one("RayJob"))
     assert _flag(_run_args(rendered), "--gpus-per-worker") == "0"
 
 
-def test_driver_reaches_the_head_through_a_service_on_the_ray_client_port(render):
-    rendered = render({})
-    address = _flag(_run_args(rendered), "--ray-address")
-    host, port = address.removeprefix("ray://").split(":")
-    svc = rendered.one("Service", "-ray-head")
-    assert svc["metadata"]["name"] == host and int(port) in [p["port"] for p in svc["spec"]["ports"]]
-    head_labels = rendered.one("RayCluster")["spec"]["headGroupSpec"]["template"]["metadata"]["labels"]
-    assert svc["spec"]["selector"].items() <= head_labels.items()
-    assert rendered.one("RayCluster")["spec"]["headGroupSpec"]["rayStartParams"]["ray-client-server-port"] == port
+@MATRIX
+def test_the_driver_runs_in_cluster_as_a_rayjob_never_through_ray_client(render, value_set):
+    rendered = render(VALUE_SETS[value_set])
+    kinds = {o["kind"] for o in rendered.objects}
+    assert "RayJob" in kinds and not kinds & {"Deployment", "RayCluster", "StatefulSet"}
+    args = _run_args(rendered)
+    assert _flag(args, "--ray-address") == "auto", "the entrypoint joins the cluster it runs on"
+    assert "ray://" not in rendered.one("RayJob")["spec"]["entrypoint"]
+    assert not [p for o in rendered.of_kind("Service") for p in o["spec"]["ports"] if p["port"] == 10001]
+    assert rendered.one("RayJob")["spec"]["submissionMode"] == "HTTPMode"
 
 
 @MATRIX
 def test_driver_command_line_carries_the_values(render, value_set):
     values = VALUE_SETS[value_set]
+    merged = deep_merge(yaml.safe_load((CHART_DIR / "values.yaml").read_text()), values)
     args = _run_args(render(values))
-    assert args[0] == "run" and _flag(args, "--source") == "$(SPLICE_SOURCE)"
-    assert _flag(args, "--metrics-port") == "9400"
-    history = values.get("history", {})
-    expected_history = history.get("objectStore", {}).get("uri") or "/var/lib/splice-monitor/history"
+    backfill = merged["driver"]["mode"] == "backfill"
+    assert args[0] == ("backfill" if backfill else "run")
+    assert _flag(args, "--source") == merged["source"]["uri"]
+    if backfill:
+        assert _flag(args, "--job-id") == (merged["driver"]["jobId"] or RELEASE) and "--metrics-port" not in args
+    else:
+        assert _flag(args, "--metrics-port") == "9400" and _flag(args, "--metrics-host") == "0.0.0.0"
+    history = merged["history"]
+    expected_history = history["objectStore"]["uri"] if history["type"] == "objectStore" else history["pvc"]["mountPath"]
     assert _flag(args, "--history") == expected_history
-    vocab = values.get("vocabulary", {})
-    if vocab.get("inline") or vocab.get("existingConfigMap"):
-        assert _flag(args, "--vocab") == f"/etc/splice-monitor/vocab/{vocab.get('key', 'vocab.txt')}"
+    vocab = merged["vocabulary"]
+    if vocab["inline"] or vocab["existingConfigMap"]:
+        assert _flag(args, "--vocab") == f"/etc/splice-monitor/vocab/{vocab['key']}"
     else:
         assert "--vocab" not in args, "the built-in vocabulary needs no flag"
-    assert _flag(args, "--mean") == (values.get("monitor", {}).get("mean") or None)
+    assert _flag(args, "--mean") == (merged["monitor"]["mean"] or None)
     assert _flag(args, "--cache-dir") == "/cache/splice-monitor", "the dictionary cache must be on a writable volume"
-    if values.get("driver", {}).get("kind") == "RayJob":
-        assert _flag(args, "--ray-address") == "auto", "a RayJob entrypoint runs on its own cluster's head"
+    m = merged["monitor"]
+    assert _flag(args, "--window") == m["window"]
+    assert _flag(args, "--ert") == (str(m["ert"]) if m["ert"] else None)
+    assert _flag(args, "--reference") == m["reference"]["mode"]
+    assert _flag(args, "--reference-images") == str(m["reference"]["images"])
+    assert _flag(args, "--reference-from") == (m["reference"]["from"] or None)
+    assert _flag(args, "--reference-store") == (m["reference"]["store"] or None)
+    assert _flag(args, "--pushgateway") == (merged["pushgateway"]["url"] or None)
+    assert _flag(args, "--dead-letter") == (merged["source"]["deadLetter"] or None)
 
 
 @MATRIX
-def test_run_accepts_the_chart_command_line(render, value_set):
-    """Cross-check against the real `run` parser so a renamed flag breaks here, not in the cluster."""
+def test_the_real_parser_accepts_the_chart_command_line(render, value_set):
+    """Cross-check against the real `run`/`backfill` parsers so a renamed flag breaks here, not in the cluster."""
     from monitor.cli import main as cli
 
-    parser = cli.build_parser()
-    args = [a.replace("$(SPLICE_SOURCE)", "redis://redis:6379/0").replace("$(SPLICE_DEAD_LETTER)", "redis://r:6379/1")
-            for a in _run_args(render(VALUE_SETS[value_set]))]
-    parsed = parser.parse_args(args)
-    assert parsed.command == "run"
+    parsed = cli.build_parser().parse_args(_run_args(render(VALUE_SETS[value_set])))
+    assert parsed.command in ("run", "backfill")
 
 
-def test_rayjob_mode_runs_the_driver_on_its_own_cluster_and_scrapes_the_head(render):
-    rendered = render(VALUE_SETS["rayjob"])
-    assert not rendered.of_kind("RayCluster") and not rendered.of_kind("Deployment")
+def test_backfill_mode_runs_the_resumable_backfill_and_serves_no_scrape_target(render):
+    rendered = render(VALUE_SETS["backfill"])
     job = rendered.one("RayJob")
     assert job["spec"]["shutdownAfterJobFinishes"] is True and job["spec"]["activeDeadlineSeconds"] == 86400
-    head = job["spec"]["rayClusterSpec"]["headGroupSpec"]["template"]
-    env = {e["name"]: e for e in head["spec"]["containers"][0]["env"]}
-    assert env["SPLICE_SOURCE"]["value"] == "parquet:///data/frames-2026-03.parquet"
-    mounts = {m["name"]: m for m in head["spec"]["containers"][0]["volumeMounts"]}
+    assert job["metadata"]["labels"]["splice-monitor/mode"] == "backfill"
+    args = _run_args(rendered)
+    assert args[:3] == ["backfill", "--job-id", "frames-2026-03"]
+    assert _flag(args, "--pushgateway") == "http://prometheus-pushgateway.monitoring:9091"
+    mounts = {m["name"]: m for m in _driver_container(rendered)["volumeMounts"]}
     assert mounts["source"] == {"name": "source", "mountPath": "/data", "readOnly": True}
+    kinds = {o["kind"] for o in rendered.objects}
+    assert not kinds & {"ServiceMonitor"} and not rendered.of_kind("Service"), "a backfill serves no /metrics"
+    assert not [p for p in rendered.of_kind("Pod")], "helm test checks a metrics endpoint a backfill has not"
+
+
+def test_stream_mode_scrapes_the_head_through_the_metrics_service(render):
+    rendered = render({})
+    service = rendered.one("Service", "-metrics")
+    head = _cluster(rendered)["headGroupSpec"]["template"]
+    assert service["spec"]["selector"].items() <= head["metadata"]["labels"].items()
     ports = {p["name"]: p["containerPort"] for p in head["spec"]["containers"][0]["ports"]}
-    monitor = rendered.one("PodMonitor", RELEASE + "-splice-monitor")
-    assert monitor["spec"]["selector"]["matchLabels"].items() <= head["metadata"]["labels"].items()
-    assert monitor["spec"]["podMetricsEndpoints"][0]["port"] == "monitor-metrics" and ports["monitor-metrics"] == 9400
+    assert ports[service["spec"]["ports"][0]["targetPort"]] == 9400
+
+
+@MATRIX
+def test_head_and_workers_have_liveness_and_readiness_probes(render, value_set):
+    rendered = render(VALUE_SETS[value_set])
+    cluster = _cluster(rendered)
+    agent = cluster["headGroupSpec"]["rayStartParams"]["dashboard-agent-listen-port"]
+    head = cluster["headGroupSpec"]["template"]["spec"]["containers"][0]
+    assert head["readinessProbe"]["httpGet"] == {"path": "/api/gcs_healthz", "port": 8265}
+    assert head["livenessProbe"]["httpGet"] == {"path": "/api/local_raylet_healthz", "port": int(agent)}
+    for group in cluster["workerGroupSpecs"]:
+        worker = group["template"]["spec"]["containers"][0]
+        for probe in ("livenessProbe", "readinessProbe"):
+            assert worker[probe]["httpGet"] == {"path": "/api/local_raylet_healthz", "port": int(agent)}, probe
+    assert head["livenessProbe"]["failureThreshold"] * head["livenessProbe"]["periodSeconds"] >= 300, \
+        "a busy head (model load, GC pause) must not be killed within minutes"
+
+
+def test_helm_test_checks_health_and_metrics_through_the_service(render):
+    rendered = render({})
+    (pod,) = rendered.of_kind("Pod")
+    assert pod["metadata"]["annotations"]["helm.sh/hook"] == "test"
+    container = pod["spec"]["containers"][0]
+    script, url = container["command"][2], container["command"][3]
+    service = rendered.one("Service", "-metrics")
+    assert url == f"http://{service['metadata']['name']}:{service['spec']['ports'][0]['port']}"
+    assert '"/healthz"' in script and '"/metrics"' in script and "splice_build_info{" in script
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    assert pod["spec"]["securityContext"]["runAsNonRoot"] is True
+    assert pod["metadata"]["labels"].items() >= {"app.kubernetes.io/instance": RELEASE}.items()
+
+
+def test_helm_test_script_passes_against_the_real_exporter_and_fails_without_build_info():
+    """Run the test pod's own script against a real exporter on loopback: it passes with splice_build_info and
+    fails (non-zero) against an endpoint that lacks it."""
+    import subprocess
+    import sys
+
+    from prometheus_client import CollectorRegistry
+
+    from monitor.metrics.exporter import MetricsExporter
+    from monitor.metrics.runtime import BuildInfo
+
+    pod = Rendered_pod()
+    script = pod["spec"]["containers"][0]["command"][2]
+    good = CollectorRegistry()
+    BuildInfo(encoder="ViT-B-32", concept_space="s", registry=good)
+    with MetricsExporter(good, port=0) as exp:
+        ok = subprocess.run([sys.executable, "-c", script, exp.url.removesuffix("/metrics")], capture_output=True,
+                            text=True, timeout=60)
+    assert ok.returncode == 0 and "metrics endpoint OK" in ok.stdout, ok.stderr
+    with MetricsExporter(CollectorRegistry(), port=0) as exp:
+        bad = subprocess.run([sys.executable, "-c", script, exp.url.removesuffix("/metrics")], capture_output=True,
+                             text=True, timeout=60)
+    assert bad.returncode != 0 and "splice_build_info" in bad.stderr
+
+
+def Rendered_pod():  # noqa: N802 - one render without the session fixture, for the test above
+    import helm_python
+
+    from tests.helm.helpers import Rendered
+
+    with helm_python.Chart.load(CHART_DIR) as chart:
+        (pod,) = Rendered(chart.render({}, name=RELEASE, namespace=NAMESPACE, is_install=True)).of_kind("Pod")
+    return pod
 
 
 # --- secrets, storage, model and vocabulary -----------------------------------------------------------------------
 
-def _driver_container(rendered):
-    return rendered.one("Deployment", "-driver")["spec"]["template"]["spec"]["containers"][0]
-
-
-def test_redis_password_comes_only_from_a_secret_reference(render):
+def test_redis_password_reaches_only_the_driver_environment_from_a_secret(render):
     rendered = render(VALUE_SETS["redis-password"])
     assert not rendered.of_kind("Secret")
     env = {e["name"]: e for e in _driver_container(rendered)["env"]}
     assert env["SPLICE_REDIS_PASSWORD"]["valueFrom"]["secretKeyRef"] == {"name": "redis-auth", "key": "password"}
-    # Kubernetes expands $(VAR) only for variables defined earlier in the list.
-    names = [e["name"] for e in _driver_container(rendered)["env"]]
-    assert names.index("SPLICE_REDIS_PASSWORD") < names.index("SPLICE_SOURCE")
-    assert env["SPLICE_SOURCE"]["value"] == "rediss://monitor:$(SPLICE_REDIS_PASSWORD)@redis.data.svc:6380/0"
-    assert env["SPLICE_DEAD_LETTER"]["value"] == "redis://:$(SPLICE_REDIS_PASSWORD)@redis.data.svc:6379/1"
-    assert _flag(_run_args(rendered), "--dead-letter") == "$(SPLICE_DEAD_LETTER)"
-    for label, pod in pod_specs(rendered.one("RayCluster")):
+    entrypoint = rendered.one("RayJob")["spec"]["entrypoint"]
+    args = _run_args(rendered)
+    assert _flag(args, "--source") == "rediss://monitor@redis.data.svc:6380/0?stream=frames&group=splice"
+    assert "SPLICE_REDIS_PASSWORD" not in entrypoint and "$(" not in entrypoint, "no secret on the command line"
+    assert not any("SPLICE_REDIS_PASSWORD" in json.dumps(e) for e in env.values() if "value" in e)
+    for label, pod in pod_specs(rendered.one("RayJob"))[1:]:
         for container in pod.get("initContainers", []) + pod["containers"]:
             assert "secretKeyRef" not in json.dumps(container), f"{label}: the stream password is the driver's alone"
 
 
-def test_whole_source_uri_can_come_from_an_existing_secret(render):
-    env = {e["name"]: e for e in _driver_container(render(VALUE_SETS["existing-secret"]))["env"]}
-    assert env["SPLICE_SOURCE"] == {"name": "SPLICE_SOURCE",
-                                    "valueFrom": {"secretKeyRef": {"name": "stream-uri", "key": "uri"}}}
+def test_the_env_name_the_chart_sets_is_the_one_the_monitor_reads():
+    from workers.redisconn import PASSWORD_ENV
+
+    assert PASSWORD_ENV[0] == "SPLICE_REDIS_PASSWORD"
 
 
 def test_object_store_history_uses_the_uri_and_credentials_secret_and_no_pvc(render):
@@ -375,12 +468,8 @@ def test_object_store_history_uses_the_uri_and_credentials_secret_and_no_pvc(ren
     env = {e["name"]: e.get("value") for e in head["env"]}
     assert env["AWS_ENDPOINT_URL"] == "http://minio.minio.svc:9000" and env["AWS_REGION"] == "eu-west-1"
     assert _flag(_run_args(rendered), "--history") == "s3://splice/history"
-    others = [_driver_container(rendered)] + [p["containers"][0] for _, p in pod_specs(rendered.one("RayCluster"))[1:]]
-    assert all("envFrom" not in c for c in others), "credentials only where they are used"
-
-
-def _head(rendered):
-    return rendered.one("RayCluster")["spec"]["headGroupSpec"]["template"]["spec"]
+    workers = [p["containers"][0] for _, p in pod_specs(rendered.one("RayJob"))[1:]]
+    assert workers and all("envFrom" not in c for c in workers), "credentials only where they are used"
 
 
 def test_pvc_history_is_claimed_kept_on_uninstall_and_mounted_where_the_aggregator_runs(render):
@@ -397,11 +486,10 @@ def test_model_and_vocabulary_reach_the_worker_pods_that_load_them(render):
     rendered = render(VALUE_SETS["object-store"])
     vocab_cm = rendered.one("ConfigMap", "-vocab")
     assert vocab_cm["data"]["vocab.txt"] == "snow\nbeach\nfire truck\n"
-    pods = pod_specs(rendered.one("RayCluster"))[1:]
-    assert pods
-    for label, pod in pod_specs(rendered.one("Deployment", "-driver")) + pod_specs(rendered.one("RayCluster"))[:1]:
-        assert not {"model", "vocab"} & {v["name"] for v in pod["volumes"]}, f"{label} does not load the model"
-    for label, pod in pods:
+    (head_label, head), *workers = pod_specs(rendered.one("RayJob"))
+    assert workers
+    assert not {"model", "vocab"} & {v["name"] for v in head["volumes"]}, f"{head_label} does not load the model"
+    for label, pod in workers:
         volumes = {v["name"]: v for v in pod["volumes"]}
         assert volumes["model"]["persistentVolumeClaim"] == {"claimName": "clip-weights", "readOnly": True}, label
         assert volumes["vocab"]["configMap"]["name"] == vocab_cm["metadata"]["name"], label
@@ -413,7 +501,7 @@ def test_model_and_vocabulary_reach_the_worker_pods_that_load_them(render):
 
 def test_model_init_container_fills_the_shared_volume_before_the_monitor_starts(render):
     rendered = render(VALUE_SETS["podmonitor-grafana-alerting"])
-    for label, pod in pod_specs(rendered.one("RayCluster"))[1:]:
+    for label, pod in pod_specs(rendered.one("RayJob"))[1:]:
         init = {c["name"]: c for c in pod.get("initContainers", [])}
         assert "fetch-model" in init, label
         assert {"name": "model", "mountPath": "/models"} in init["fetch-model"]["volumeMounts"], label
@@ -426,6 +514,7 @@ def test_model_init_container_fills_the_shared_volume_before_the_monitor_starts(
 def test_every_container_is_non_root_read_only_without_capabilities(render, value_set):
     rendered = render(VALUE_SETS[value_set])
     pods = [p for obj in rendered.objects for p in pod_specs(obj)]
+    pods += [(f"Pod/{o['metadata']['name']}", o["spec"]) for o in rendered.of_kind("Pod")]
     assert pods
     for label, pod in pods:
         assert pod["securityContext"]["runAsNonRoot"] is True, label
@@ -433,9 +522,6 @@ def test_every_container_is_non_root_read_only_without_capabilities(render, valu
         assert pod["automountServiceAccountToken"] is False, label
         volumes = {v["name"]: v for v in pod["volumes"]}
         assert "emptyDir" in volumes["tmp"], label
-        assert "emptyDir" in volumes["cache"] or "persistentVolumeClaim" in volumes["cache"], label
-        for container in pod["containers"]:
-            assert {"/tmp", "/cache"} <= {m["mountPath"] for m in container["volumeMounts"]}, label
         for container in pod.get("initContainers", []) + pod["containers"]:
             ctx = container["securityContext"]
             where = f"{label} container {container['name']}"
@@ -443,13 +529,12 @@ def test_every_container_is_non_root_read_only_without_capabilities(render, valu
             assert ctx["allowPrivilegeEscalation"] is False, where
             assert ctx["capabilities"] == {"drop": ["ALL"]}, where
             assert ctx["runAsNonRoot"] is True and ctx["seccompProfile"] == {"type": "RuntimeDefault"}, where
-    for obj in rendered.of_kind("RayCluster") + rendered.of_kind("RayJob"):
-        spec = obj["spec"].get("rayClusterSpec", obj["spec"])
-        assert spec["autoscalerOptions"]["securityContext"]["readOnlyRootFilesystem"] is True
+    for obj in rendered.of_kind("RayJob"):
+        assert obj["spec"]["rayClusterSpec"]["autoscalerOptions"]["securityContext"]["readOnlyRootFilesystem"] is True
 
 
 def test_only_the_autoscaler_container_gets_a_kubernetes_api_token(render):
-    cluster = render({}).one("RayCluster")["spec"]
+    cluster = _cluster(render({}))
     head = cluster["headGroupSpec"]["template"]["spec"]
     assert "serviceAccountName" not in head, "KubeRay creates and binds the autoscaler's account when none is named"
     token_volume = {v["name"]: v for v in head["volumes"]}["kube-api-access"]
@@ -460,7 +545,7 @@ def test_only_the_autoscaler_container_gets_a_kubernetes_api_token(render):
     assert api_mount in cluster["autoscalerOptions"]["volumeMounts"]
     assert all(m["name"] != "kube-api-access" for m in head["containers"][0]["volumeMounts"])
 
-    fixed = render({"ray": {"enableInTreeAutoscaling": False}}).one("RayCluster")["spec"]
+    fixed = _cluster(render({"ray": {"enableInTreeAutoscaling": False}}))
     head = fixed["headGroupSpec"]["template"]["spec"]
     assert "autoscalerOptions" not in fixed and head["serviceAccountName"] == "sm-splice-monitor"
     assert all(v["name"] != "kube-api-access" for v in head["volumes"])
@@ -468,28 +553,82 @@ def test_only_the_autoscaler_container_gets_a_kubernetes_api_token(render):
 
 def test_image_pull_secrets_reach_every_pod(render):
     rendered = render(VALUE_SETS["gpu-multi"])
-    pods = [p for obj in rendered.objects for p in pod_specs(obj)]
+    pods = [p for obj in rendered.objects for p in pod_specs(obj)] + [("test", o["spec"]) for o in
+                                                                       rendered.of_kind("Pod")]
     assert len(pods) == 3 and all(p["imagePullSecrets"] == [{"name": "regcred"}] for _, p in pods)
 
 
-def test_network_policy_admits_only_the_scrape_port_and_ray_ports(render):
-    rendered = render({})
-    allowed = set(render({}).one("RayCluster")["spec"]["headGroupSpec"]["rayStartParams"].values()) | {"9400"}
-    policies = {p["metadata"]["name"].rsplit("-", 1)[1]: p for p in rendered.of_kind("NetworkPolicy")}
-    assert set(policies) == {"ray", "driver"}
-    for policy in policies.values():
-        assert policy["spec"]["policyTypes"] == ["Ingress"]
-    assert policies["driver"]["spec"]["ingress"] == [], "nothing connects to the driver"
-    scrape = [r for r in policies["ray"]["spec"]["ingress"] if {"port": 9400} in r["ports"]]
-    assert len(scrape) == 1 and scrape[0]["from"][0]["podSelector"]["matchLabels"] == {
-        "app.kubernetes.io/name": "prometheus"}
-    for rule in policies["ray"]["spec"]["ingress"]:
-        for port in rule["ports"]:
-            assert str(port["port"]) in allowed, f"port {port['port']} is neither the scrape port nor a Ray port"
-            if "endPort" in port:
-                assert str(port["endPort"]) in allowed
-    selector = policies["ray"]["spec"]["podSelector"]["matchExpressions"]
-    assert {"key": "app.kubernetes.io/component", "operator": "In", "values": ["ray-head", "ray-worker"]} in selector
+@MATRIX
+def test_ray_token_authentication_is_on_with_the_token_from_a_secret(render, value_set):
+    values = VALUE_SETS[value_set]
+    auth = _cluster(render(values))["authOptions"]
+    secret = values.get("ray", {}).get("auth", {}).get("existingSecret")
+    assert auth == ({"mode": "token", "secretName": secret} if secret else {"mode": "token"})
+    assert "authOptions" not in _cluster(render({"ray": {"auth": {"enabled": False}}}))
+
+
+def _policies(rendered) -> dict[str, dict]:
+    return {p["metadata"]["name"].removeprefix(f"{RELEASE}-splice-monitor-"): p
+            for p in rendered.of_kind("NetworkPolicy")}
+
+
+def _peers_are_namespace_and_pod_selectors(rules, direction):
+    for rule in rules:
+        for peer in rule.get(direction, []):
+            if "ipBlock" in peer:
+                continue
+            if "namespaceSelector" in peer:
+                assert peer["namespaceSelector"]["matchLabels"].keys() == {"kubernetes.io/metadata.name"}, peer
+                assert peer["podSelector"]["matchLabels"], f"{peer}: a namespace alone admits every pod in it"
+            else:
+                assert peer["podSelector"]["matchLabels"]["app.kubernetes.io/instance"] == RELEASE, peer
+
+
+@MATRIX
+def test_network_policies_admit_named_peers_only_and_limit_egress(render, value_set):
+    rendered = render(VALUE_SETS[value_set])
+    if not VALUE_SETS[value_set].get("networkPolicy", {}).get("enabled", True):
+        assert not rendered.of_kind("NetworkPolicy")
+        return
+    policies = _policies(rendered)
+    assert set(policies) == {"ray", "head"}
+    ray, head = policies["ray"]["spec"], policies["head"]["spec"]
+    assert ray["policyTypes"] == ["Ingress", "Egress"] and head["policyTypes"] == ["Egress"]
+    _peers_are_namespace_and_pod_selectors(ray["ingress"], "from")
+    _peers_are_namespace_and_pod_selectors(ray["egress"] + head["egress"], "to")
+    # the dashboard / job API: the release's own pods and the KubeRay operator, nobody else
+    dash = [r for r in ray["ingress"] if {"port": 8265} in r["ports"]]
+    outside = [p for r in dash for p in r["from"] if "namespaceSelector" in p]
+    assert outside == [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "kuberay-system"}},
+                        "podSelector": {"matchLabels": {"app.kubernetes.io/name": "kuberay-operator"}}}]
+    scrape = [r for r in ray["ingress"] if {"port": 9400} in r["ports"] and
+              any("namespaceSelector" in p for p in r["from"])]
+    assert scrape[0]["from"][0]["namespaceSelector"]["matchLabels"] == {"kubernetes.io/metadata.name": "monitoring"}
+    # egress: every rule names its ports; only DNS, Ray, and what the values need
+    for rule in ray["egress"] + head["egress"]:
+        assert rule.get("ports"), f"an egress rule without ports opens everything: {rule}"
+    dns = [r for r in ray["egress"] if {"port": 53, "protocol": "UDP"} in r["ports"]]
+    assert dns and dns[0]["to"][0]["namespaceSelector"]["matchLabels"] == {"kubernetes.io/metadata.name": "kube-system"}
+
+
+def test_egress_to_redis_pushgateway_and_object_store_only_from_the_head_and_only_when_used(render):
+    merged = render(VALUE_SETS["redis-password"])
+    head = _policies(merged)["head"]["spec"]["egress"]
+    redis = [r for r in head if {"port": 6380} in r["ports"]]
+    assert redis and redis[0]["to"][0] == {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "data"}},
+                                           "podSelector": {"matchLabels": {"app.kubernetes.io/name": "redis-ha"}}}
+    ray = _policies(merged)["ray"]["spec"]["egress"]
+    to_data = [r for r in ray for peer in r.get("to", [])
+               if peer.get("namespaceSelector", {}).get("matchLabels", {}).get("kubernetes.io/metadata.name") == "data"]
+    assert not to_data, "workers never talk to Redis"
+    backfill = _policies(render(VALUE_SETS["backfill"]))["head"]["spec"]["egress"]
+    assert not [r for r in backfill if {"port": 6379} in r["ports"]], "a Parquet backfill needs no Redis"
+    assert [r for r in backfill if {"port": 9091} in r["ports"]], "the Pushgateway push"
+    store = _policies(render({"history": {"type": "objectStore", "objectStore": {"uri": "s3://b/h"}},
+                              "networkPolicy": {"egress": {"objectStore": {"cidrs": ["52.216.0.0/15"],
+                                                                           "ports": [443]}}}}))
+    rules = [r for r in store["head"]["spec"]["egress"] if r.get("to", [{}])[0].get("ipBlock")]
+    assert {"ipBlock": {"cidr": "52.216.0.0/15"}} in rules[0]["to"]
 
 
 def test_no_secret_objects_or_inline_credentials_are_rendered(render):
@@ -498,6 +637,31 @@ def test_no_secret_objects_or_inline_credentials_are_rendered(render):
         assert not rendered.of_kind("Secret"), name
         text = yaml.safe_dump_all(rendered.objects)
         assert "hunter2" not in text and "AWS_SECRET_ACCESS_KEY:" not in text, name
+
+
+@MATRIX
+def test_every_namespaced_object_names_its_namespace(render, value_set):
+    cluster_scoped = {"ClusterRole", "ClusterRoleBinding", "Namespace", "CustomResourceDefinition"}
+    values = VALUE_SETS[value_set]
+    for obj in render(values).objects:
+        if obj["kind"] in cluster_scoped:
+            continue
+        expected = NAMESPACE
+        if obj["kind"] == "ConfigMap" and "grafana_dashboard" in obj["metadata"]["labels"]:
+            expected = values.get("grafana", {}).get("dashboards", {}).get("namespace") or NAMESPACE
+        assert obj["metadata"].get("namespace") == expected, f"{obj['kind']}/{obj['metadata']['name']}"
+
+
+def test_chart_metadata_names_maintainers_and_icon():
+    chart = yaml.safe_load((CHART_DIR / "Chart.yaml").read_text())
+    assert chart["maintainers"] and all(m["name"] for m in chart["maintainers"])
+    assert chart["icon"].startswith("https://")
+
+
+def test_chart_works_as_a_subchart_with_global_values(chart, render):
+    values = {"global": {"imageRegistry": "registry.example.com", "anything": {"nested": True}}}
+    chart.validate_schema(values)
+    assert render(values).one("RayJob")
 
 
 # --- monitoring objects and notes ---------------------------------------------------------------------------------
@@ -509,7 +673,7 @@ def test_monitors_follow_the_release_label_and_select_the_metrics_endpoint(rende
     assert monitor["metadata"]["labels"]["release"] == "prom-stack"
     assert monitor["spec"]["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
     assert monitor["spec"]["endpoints"][0]["port"] == service["spec"]["ports"][0]["name"]
-    head = rendered.one("RayCluster")["spec"]["headGroupSpec"]["template"]
+    head = _cluster(rendered)["headGroupSpec"]["template"]
     assert service["spec"]["selector"].items() <= head["metadata"]["labels"].items()
     head_ports = {p["name"]: p["containerPort"] for p in head["spec"]["containers"][0]["ports"]}
     assert head_ports[service["spec"]["ports"][0]["targetPort"]] == 9400
@@ -528,7 +692,8 @@ def test_monitors_disabled_renders_no_operator_objects(render):
 def test_notes_tell_the_user_where_metrics_dashboards_and_alerts_are(render):
     notes = render({}).notes
     for needle in ("port-forward svc/sm-splice-monitor-metrics 9400", "ServiceMonitor sm-splice-monitor",
-                   "PrometheusRule sm-splice-monitor", "grafana_dashboard=1", "Prometheus > Alerts"):
+                   "PrometheusRule sm-splice-monitor", "grafana_dashboard=1", "Prometheus > Alerts",
+                   "helm test sm", "rayjob sm-splice-monitor", "Ray token authentication is on"):
         assert needle in notes, needle
 
 
@@ -566,9 +731,10 @@ def test_the_install_command_in_the_chart_readme_renders(helm, render):
     values: dict = {}
     for expression in sets:
         values = deep_merge(values, helm.parse_set_string(expression))
-    env = {e["name"]: e for e in _driver_container(render(values))["env"]}
-    assert env["SPLICE_SOURCE"]["value"] == \
-        "redis://:$(SPLICE_REDIS_PASSWORD)@redis-master.data:6379/0?stream=frames&group=splice"
+    rendered = render(values)
+    env = {e["name"]: e for e in _driver_container(rendered)["env"]}
+    assert env["SPLICE_REDIS_PASSWORD"]["valueFrom"]["secretKeyRef"]["name"] == "redis-auth"
+    assert _flag(_run_args(rendered), "--source") == "redis://redis-master.data:6379/0?stream=frames&group=splice"
 
 
 def test_names_and_labels_fit_kubernetes_limits_for_the_longest_release_name(chart):
@@ -583,5 +749,5 @@ def test_names_and_labels_fit_kubernetes_limits_for_the_longest_release_name(cha
         assert len(name) <= 63 and dns_label.match(name), f"{obj['kind']} name {name!r}"
         for key, value in obj["metadata"].get("labels", {}).items():
             assert len(value) <= 63, f"{obj['kind']}/{name} label {key}={value!r}"
-    cluster = rendered.one("RayCluster")["metadata"]["name"]
+    cluster = rendered.one("RayJob")["metadata"]["name"]
     assert len(cluster) <= 40, "KubeRay appends group names and suffixes to the cluster name"

@@ -72,10 +72,6 @@ release: {{ . | quote }}
 {{- end -}}
 {{- end -}}
 
-{{- define "splice-monitor.rayHeadService" -}}
-{{- printf "%s-ray-head" (include "splice-monitor.fullname" .) -}}
-{{- end -}}
-
 {{- define "splice-monitor.historyClaim" -}}
 {{- default (printf "%s-history" (include "splice-monitor.fullname" .)) .Values.history.pvc.existingClaim -}}
 {{- end -}}
@@ -128,25 +124,18 @@ allowed.
 {{- end -}}
 {{- end -}}
 {{- end -}}
-{{- if and (not .Values.source.uri) (not .Values.source.existingSecret.name) -}}
-{{- fail "source.uri is empty and source.existingSecret.name is not set: the monitor needs a source" -}}
+{{- if not .Values.source.uri -}}
+{{- fail "source.uri is empty: the monitor needs a source" -}}
 {{- end -}}
+{{- if and (eq .Values.driver.mode "backfill") (regexMatch "^rediss?://" .Values.source.uri) -}}
+{{- fail (printf "driver.mode=backfill needs a finite file source (parquet:// or a directory), got source.uri=%s; use driver.mode=stream for Redis" .Values.source.uri) -}}
 {{- end -}}
-
-{{/*
-Splices $(SPLICE_REDIS_PASSWORD) into the userinfo of a redis:// or rediss:// URI; Kubernetes expands it when the
-container starts, so the password lives only in the Secret. Other URIs pass through unchanged.
-*/}}
-{{- define "splice-monitor.withRedisPassword" -}}
-{{- $uri := .uri -}}
-{{- if and .secret (regexMatch "^rediss?://" $uri) -}}
-{{- if regexMatch "^rediss?://[^/@]+@" $uri -}}
-{{- regexReplaceAll "^(rediss?://)([^/@:]+)@" $uri "${1}${2}:$(SPLICE_REDIS_PASSWORD)@" -}}
-{{- else -}}
-{{- regexReplaceAll "^(rediss?://)" $uri "${1}:$(SPLICE_REDIS_PASSWORD)@" -}}
+{{- $ref := .Values.monitor.reference -}}
+{{- if and (eq $ref.mode "history") (or (not $ref.from) (not $ref.to)) -}}
+{{- fail "monitor.reference.mode=history needs monitor.reference.from and monitor.reference.to" -}}
 {{- end -}}
-{{- else -}}
-{{- $uri -}}
+{{- if and (ne $ref.mode "history") (or $ref.from $ref.to $ref.store) -}}
+{{- fail (printf "monitor.reference.from/to/store need monitor.reference.mode=history (got mode=%s)" $ref.mode) -}}
 {{- end -}}
 {{- end -}}
 
@@ -278,27 +267,63 @@ pods mount them. */}}
 {{- end }}
 {{- end -}}
 
-{{/* Arguments of `splice-monitor run`, one list item each. */}}
+{{/*
+The driver's command line after `splice-monitor`, one list item each: `run` (stream) or `backfill` (a finite source,
+resumable from its checkpoint). No item carries a credential: passwords reach the process through the environment.
+*/}}
 {{- define "splice-monitor.runArgs" -}}
+{{- $backfill := eq .Values.driver.mode "backfill" -}}
+{{- $m := .Values.monitor -}}
+{{- if $backfill }}
+- backfill
+- --job-id
+- {{ default .Release.Name .Values.driver.jobId | quote }}
+- --no-progress
+{{- else }}
 - run
+{{- end }}
 - --source
-- $(SPLICE_SOURCE)
+- {{ .Values.source.uri | quote }}
 - --workers
-- {{ .Values.monitor.workers | quote }}
+- {{ $m.workers | quote }}
 - --gpus-per-worker
 - {{ include "splice-monitor.gpusPerWorker" . | quote }}
 - --cpus-per-worker
-- {{ .Values.monitor.cpusPerWorker | quote }}
+- {{ $m.cpusPerWorker | quote }}
 - --model
-- {{ .Values.monitor.model | quote }}
+- {{ $m.model | quote }}
 - --pretrained
-- {{ .Values.monitor.pretrained | quote }}
+- {{ $m.pretrained | quote }}
 - --l1
-- {{ .Values.monitor.l1 | quote }}
+- {{ $m.l1 | quote }}
 - --cache-dir
 - /cache/splice-monitor
+{{- if not $backfill }}
 - --metrics-port
-- {{ .Values.monitor.metricsPort | quote }}
+- {{ $m.metricsPort | quote }}
+- --metrics-host
+- {{ $m.metricsHost | quote }}
+{{- end }}
+- --window
+- {{ $m.window | quote }}
+{{- if gt (float64 $m.ert) 0.0 }}
+- --ert
+- {{ $m.ert | quote }}
+{{- end }}
+- --reference
+- {{ $m.reference.mode | quote }}
+- --reference-images
+- {{ $m.reference.images | quote }}
+{{- if eq $m.reference.mode "history" }}
+- --reference-from
+- {{ $m.reference.from | quote }}
+- --reference-to
+- {{ $m.reference.to | quote }}
+{{- with $m.reference.store }}
+- --reference-store
+- {{ . | quote }}
+{{- end }}
+{{- end }}
 - --history
 {{- if eq .Values.history.type "objectStore" }}
 - {{ .Values.history.objectStore.uri | quote }}
@@ -309,22 +334,22 @@ pods mount them. */}}
 - --vocab
 - {{ printf "/etc/splice-monitor/vocab/%s" .Values.vocabulary.key | quote }}
 {{- end }}
-{{- with .Values.monitor.mean }}
+{{- with $m.mean }}
 - --mean
 - {{ . | quote }}
 {{- end }}
-{{- if .Values.source.deadLetter }}
+{{- with .Values.source.deadLetter }}
 - --dead-letter
-- $(SPLICE_DEAD_LETTER)
+- {{ . | quote }}
 {{- end }}
+{{- with .Values.pushgateway.url }}
+- --pushgateway
+- {{ . | quote }}
+{{- end }}
+{{- /* The entrypoint runs on the head of its own cluster. */}}
 - --ray-address
-{{- if eq .Values.driver.kind "Deployment" }}
-- {{ printf "ray://%s:%d" (include "splice-monitor.rayHeadService" .) (int .Values.ray.ports.client) | quote }}
-{{- else }}
-{{- /* A RayJob entrypoint runs on the head of its own cluster. */}}
 - auto
-{{- end }}
-{{- range .Values.monitor.extraArgs }}
+{{- range $m.extraArgs }}
 - {{ . | quote }}
 {{- end }}
 {{- end -}}
@@ -346,7 +371,10 @@ pods mount them. */}}
 {{- end }}
 {{- end -}}
 
-{{/* Environment only the driver needs: the stream credentials, the source URI and the dead-letter sink. */}}
+{{/*
+Environment only the driver needs (it runs on the Ray head): the Redis password, from a Secret, under the name the
+monitor reads when a redis:// or rediss:// URI carries none. The URI itself never holds it.
+*/}}
 {{- define "splice-monitor.driverEnv" -}}
 {{- if .Values.source.passwordSecret.name }}
 - name: SPLICE_REDIS_PASSWORD
@@ -354,23 +382,40 @@ pods mount them. */}}
     secretKeyRef:
       name: {{ .Values.source.passwordSecret.name }}
       key: {{ .Values.source.passwordSecret.key }}
-- name: REDIS_PASSWORD
-  value: $(SPLICE_REDIS_PASSWORD)
 {{- end }}
-{{- if .Values.source.existingSecret.name }}
-- name: SPLICE_SOURCE
-  valueFrom:
-    secretKeyRef:
-      name: {{ .Values.source.existingSecret.name }}
-      key: {{ .Values.source.existingSecret.key }}
-{{- else }}
-- name: SPLICE_SOURCE
-  value: {{ include "splice-monitor.withRedisPassword" (dict "uri" .Values.source.uri "secret" .Values.source.passwordSecret.name) | quote }}
+{{- with .Values.driver.env }}
+{{ toYaml . }}
 {{- end }}
-{{- with .Values.source.deadLetter }}
-- name: SPLICE_DEAD_LETTER
-  value: {{ include "splice-monitor.withRedisPassword" (dict "uri" . "secret" $.Values.source.passwordSecret.name) | quote }}
-{{- end }}
+{{- end -}}
+
+{{/*
+Probes. KubeRay's own defaults, written out so they are visible and testable: the head is ready once the GCS
+answers through the dashboard (this also gates the RayJob's submission and the metrics Service), and a node is alive
+while its raylet answers its agent. Both endpoints are health checks that token authentication leaves open.
+*/}}
+{{- define "splice-monitor.rayProbes" -}}
+{{- $p := .root.Values.ray.ports -}}
+livenessProbe:
+  httpGet:
+    path: /api/local_raylet_healthz
+    port: {{ $p.dashboardAgentListen }}
+  initialDelaySeconds: 30
+  periodSeconds: 5
+  timeoutSeconds: 2
+  failureThreshold: 120
+readinessProbe:
+  httpGet:
+    {{- if .head }}
+    path: /api/gcs_healthz
+    port: {{ $p.dashboard }}
+    {{- else }}
+    path: /api/local_raylet_healthz
+    port: {{ $p.dashboardAgentListen }}
+    {{- end }}
+  initialDelaySeconds: 10
+  periodSeconds: 5
+  timeoutSeconds: 2
+  failureThreshold: 10
 {{- end -}}
 
 {{/* Ray start parameters that pin every port, so the NetworkPolicy can name them. */}}
@@ -402,15 +447,23 @@ imagePullSecrets:
 {{- end -}}
 
 {{/*
-The RayCluster spec, shared by the standalone RayCluster (driver.kind=Deployment) and the RayJob's own cluster
-(driver.kind=RayJob, whose entrypoint runs on the head). Either way the head hosts the aggregator, so it serves
+The RayJob's own Ray cluster. The entrypoint (the driver) runs on the head, and so does the aggregator, so the head
+serves
 /metrics and mounts the history volume.
 */}}
 {{- define "splice-monitor.rayClusterSpec" -}}
 {{- $p := .Values.ray.ports -}}
 {{- $gpus := int .Values.ray.worker.gpus -}}
-{{- $asJob := eq .Values.driver.kind "RayJob" -}}
 rayVersion: {{ .Values.ray.version | quote }}
+{{- if .Values.ray.auth.enabled }}
+{{- /* Every GCS, dashboard and job-API call must carry the token; KubeRay sets RAY_AUTH_MODE/RAY_AUTH_TOKEN on every
+Ray container from the Secret. */}}
+authOptions:
+  mode: token
+  {{- with .Values.ray.auth.existingSecret }}
+  secretName: {{ . }}
+  {{- end }}
+{{- end }}
 enableInTreeAutoscaling: {{ .Values.ray.enableInTreeAutoscaling }}
 {{- if .Values.ray.enableInTreeAutoscaling }}
 autoscalerOptions:
@@ -431,6 +484,8 @@ headGroupSpec:
   No CPU work on the head: worker actors land on worker pods; the zero-CPU aggregator, which serves /metrics and
   writes history, is meant to stay here (see the chart README). User parameters override these, key by key.
   */}}
+  {{- /* dashboard-host 0.0.0.0: the KubeRay operator submits the job over it; the NetworkPolicy admits only the
+  operator and the release's own pods, and token authentication guards every call. */}}
   {{- $head := dict "port" (toString $p.gcs) "ray-client-server-port" (toString $p.client) "dashboard-port" (toString $p.dashboard) "dashboard-host" "0.0.0.0" "num-cpus" "0" }}
   {{- $head = mustMergeOverwrite $head (include "splice-monitor.rayNodePorts" . | fromYaml) (deepCopy .Values.ray.head.rayStartParams) }}
   rayStartParams:
@@ -454,9 +509,7 @@ headGroupSpec:
       {{- else }}
       {{- include "splice-monitor.podSecurity" . | nindent 6 }}
       {{- end }}
-      {{- if $asJob }}
       terminationGracePeriodSeconds: {{ .Values.driver.terminationGracePeriodSeconds }}
-      {{- end }}
       {{- with .Values.ray.head.nodeSelector }}
       nodeSelector:
         {{- toYaml . | nindent 8 }}
@@ -486,9 +539,8 @@ headGroupSpec:
               containerPort: {{ .Values.monitor.metricsPort }}
           env:
             {{- with include "splice-monitor.env" . | trim }}{{ . | nindent 12 }}{{ end }}
-            {{- if $asJob }}
             {{- with include "splice-monitor.driverEnv" . | trim }}{{ . | nindent 12 }}{{ end }}
-            {{- end }}
+          {{- include "splice-monitor.rayProbes" (dict "root" . "head" true) | nindent 10 }}
           {{- with include "splice-monitor.envFrom" . | trim }}{{ . | nindent 10 }}{{ end }}
           resources:
             {{- toYaml .Values.ray.head.resources | nindent 12 }}
@@ -502,9 +554,7 @@ headGroupSpec:
             - name: history
               mountPath: {{ .Values.history.pvc.mountPath }}
             {{- end }}
-            {{- if $asJob }}
             {{- with include "splice-monitor.sourceMounts" . | trim }}{{ . | nindent 12 }}{{ end }}
-            {{- end }}
       volumes:
         {{- include "splice-monitor.scratchVolumes" . | nindent 8 }}
         - name: dshm
@@ -534,9 +584,7 @@ headGroupSpec:
           persistentVolumeClaim:
             claimName: {{ include "splice-monitor.historyClaim" . }}
         {{- end }}
-        {{- if $asJob }}
         {{- with include "splice-monitor.sourceVolumes" . | trim }}{{ . | nindent 8 }}{{ end }}
-        {{- end }}
 workerGroupSpecs:
   - groupName: {{ .Values.ray.worker.groupName }}
     replicas: {{ .Values.ray.worker.replicas }}
@@ -577,6 +625,7 @@ workerGroupSpecs:
                 containerPort: {{ $p.metrics }}
             env:
               {{- with include "splice-monitor.env" . | trim }}{{ . | nindent 14 }}{{ end }}
+            {{- include "splice-monitor.rayProbes" (dict "root" . "head" false) | nindent 12 }}
             resources:
               {{- $res := deepCopy .Values.ray.worker.resources }}
               {{- if gt $gpus 0 }}
@@ -599,4 +648,45 @@ workerGroupSpecs:
               medium: Memory
               sizeLimit: {{ .Values.ray.shmSize }}
           {{- with include "splice-monitor.dataVolumes" . | trim }}{{ . | nindent 10 }}{{ end }}
+{{- end -}}
+
+{{/* The fixed Ray ports, as NetworkPolicy ports. */}}
+{{- define "splice-monitor.rayPortList" -}}
+{{- $p := .Values.ray.ports -}}
+- port: {{ $p.gcs }}
+- port: {{ $p.client }}
+- port: {{ $p.dashboard }}
+- port: {{ $p.metrics }}
+- port: {{ $p.nodeManager }}
+- port: {{ $p.objectManager }}
+- port: {{ $p.runtimeEnvAgent }}
+- port: {{ $p.dashboardAgentGrpc }}
+- port: {{ $p.dashboardAgentListen }}
+- port: {{ $p.minWorker }}
+  endPort: {{ $p.maxWorker }}
+{{- end -}}
+
+{{/* A NetworkPolicy peer from {namespace, podLabels}: a namespace (by name; empty = the release's) AND pods. */}}
+{{- define "splice-monitor.peer" -}}
+namespaceSelector:
+  matchLabels:
+    kubernetes.io/metadata.name: {{ default .root.Release.Namespace .peer.namespace }}
+podSelector:
+  matchLabels:
+    {{- toYaml .peer.podLabels | nindent 4 }}
+{{- end -}}
+
+{{/* An egress rule to address blocks on ports; no blocks means the ports on any address. */}}
+{{- define "splice-monitor.cidrRule" -}}
+{{- with .cidrs }}
+to:
+  {{- range . }}
+  - ipBlock:
+      cidr: {{ . }}
+  {{- end }}
+{{- end }}
+ports:
+  {{- range .ports }}
+  - port: {{ . }}
+  {{- end }}
 {{- end -}}
