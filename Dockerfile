@@ -1,6 +1,6 @@
 # syntax=docker/dockerfile:1.7
-# The splice-monitor image: one image for the driver, the Ray head and the GPU workers, because Ray Client needs the
-# same Ray and Python on both ends. Used by helm/splice-monitor.
+# The splice-monitor image: one image for the Ray head (which runs the driver as the RayJob's entrypoint) and the GPU
+# workers, because every Ray node needs the same Ray and Python. Used by helm/splice-monitor.
 #
 #   docker build -t ghcr.io/splice-monitor/splice-monitor:0.1.0 .
 #
@@ -17,7 +17,8 @@ ARG CUDA_BASE=nvidia/cuda:13.0.0-base-ubuntu24.04
 FROM ${CUDA_BASE} AS build
 ARG TORCH_VERSION=2.14.1
 ARG TORCHVISION_VERSION=0.29.1
-# Ray Client needs the same Ray on the driver and the cluster: the chart's ray.version must name this release.
+# Every Ray node runs this Ray (the head, with the driver, and the workers): the chart's ray.version must name this
+# release.
 ARG RAY_VERSION=2.60.0
 # PyPI's Linux x86_64 torch wheels are CUDA builds; point this at download.pytorch.org/whl/cuXXX for another CUDA.
 ARG TORCH_INDEX_URL=https://pypi.org/simple

@@ -24,8 +24,9 @@ def register(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--dead-letter", default=None, help="dead-letter sink URI (see run --help)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--pushgateway", default=None,
-                   help="at the end push the run's metrics to this Prometheus Pushgateway (http://host:9091), job "
-                        "splice-backfill, grouping label run=<job id>")
+                   help="at the end push the run's completion metrics (last success time, duration, counts; never "
+                        "alarm state) to this Prometheus Pushgateway (http://host:9091), job splice-backfill, grouping "
+                        "label run=<job id>")
     add_model_arguments(p)
     add_window_arguments(p, window="1h")
     add_ray_arguments(p, batch_size=128)
