@@ -101,8 +101,12 @@ def retry_if_compacted(fn):
                 if missing_retried:
                     raise
                 missing_retried = True
-            except (pa.ArrowException, OSError):
-                if not store.quarantine_corrupt():
+            except (pa.ArrowException, OSError) as exc:
+                try:
+                    found = store.quarantine_corrupt()
+                except OSError:  # the store cannot even be read: report the first failure
+                    raise exc from None
+                if not found:
                     raise
         return fn(store, *args, **kwargs)
 
