@@ -224,7 +224,7 @@ class WriterLock:
     def supported(self) -> bool:
         return self._path is not None
 
-    def acquire(self, *, timeout_s: float | None = None) -> bool:
+    def acquire(self, *, timeout_s: float | None = None, purpose: str | None = None) -> bool:
         """Take the lock (waiting up to ``timeout_s``, default the constructor's); raise ConfigError naming the store
         and the holder when another process keeps it. True once held (always True where locks are unsupported)."""
         if self.held or self._path is None:
@@ -252,7 +252,8 @@ class WriterLock:
             entry = _HELD.get(self._path)
             if entry is None:
                 _HELD[self._path] = [lock, 1]
-                doc = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.time(), "purpose": self.purpose}
+                doc = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.time(),
+                       "purpose": purpose or self.purpose}
                 atomic_write_bytes(Path(self._path).with_name(self.HOLDER_NAME), json.dumps(doc).encode())
             else:  # another thread of this process got there first
                 entry[1] += 1
@@ -260,10 +261,10 @@ class WriterLock:
         self.held = True
         return True
 
-    def try_acquire(self) -> bool:
+    def try_acquire(self, purpose: str | None = None) -> bool:
         """Take the lock only if it is free now; False when another process holds it."""
         try:
-            return self.acquire(timeout_s=0)
+            return self.acquire(timeout_s=0, purpose=purpose)
         except ConfigError:
             return False
 

@@ -63,7 +63,7 @@ class Maintenance:
             raise ValueError(f"grace_s must be >= 0 seconds, got {grace_s!r}")
         writer = self.store._writer
         held_before = writer.held
-        exclusive = writer.supported and writer.try_acquire()
+        exclusive = writer.supported and writer.try_acquire(purpose="compact")
         try:
             return self._compact(stream, min_files, temp_age_s, 0.0 if exclusive else grace_s, apply_retention, now)
         finally:
