@@ -120,3 +120,20 @@ def test_checkpoint_state_lives_in_the_history_store_even_behind_a_uri(tmp_path,
     blobs = sorted(p.name for p in (root / "checkpoints").iterdir() if p.name.endswith(".npz"))
     assert blobs == [cp["monitor_state"]]  # the superseded state was deleted
     assert not (tmp_path / "file:").exists()
+
+
+def test_the_aggregator_serves_build_info_and_process_metrics_on_loopback_by_default():
+    import urllib.request
+
+    agg = AggregatorCore(AggregatorConfig(monitor=MONITOR, metrics_port=0, encoder="minilm"), NAMES, "space-7")
+    try:
+        host, port = agg.metrics_address()
+        assert host == "127.0.0.1" and agg.exporter._server.server_address[0] == "127.0.0.1"
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+            text = r.read().decode()
+        assert 'splice_build_info{concept_space="space-7",encoder="minilm",version="' in text
+        assert "process_resident_memory_bytes " in text and "python_info{" in text
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5) as r:
+            assert r.status == 200
+    finally:
+        agg.close()
