@@ -203,7 +203,8 @@ def build_dictionary(
     prompts = vocab.prompts(template)
     chunk = batch_size or max(256, getattr(encoder, "batch_size", 64))
     parts = []
-    bar = progress_bar(total=len(prompts), desc=f"building the {len(vocab):,}-concept dictionary ({encoder.id})",
+    model = encoder.id.split(":sha256:")[0].split(":file-sha256:")[0]  # the digest only widens the bar
+    bar = progress_bar(total=len(prompts), desc=f"building the {len(vocab):,}-concept dictionary ({model})",
                        unit="concept", enabled=progress)
     with bar, torch.inference_mode():
         for lo in range(0, len(prompts), chunk):

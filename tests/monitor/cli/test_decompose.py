@@ -167,3 +167,17 @@ def test_quiet_keeps_stderr_free_of_notices(capsys, cache_args):
     assert rc == 0
     err = capsys.readouterr().err
     assert "decomposed 2 of 2" not in err
+
+
+def test_calibrate_compares_an_image_mean_with_the_published_one(capsys):
+    import argparse
+
+    from monitor.cli.calibrate import _compare_with_published
+    from monitor.concepts.published import load_published_mean, published_mean
+
+    published = load_published_mean(published_mean("ViT-B-32", "openai"))
+    _compare_with_published(argparse.Namespace(model="ViT-B-32", pretrained="openai"), published * 2)
+    out = capsys.readouterr().out
+    assert "means_clip_ViT-B-32_image.npy" in out and "cosine 1.0000 with yours" in out
+    _compare_with_published(argparse.Namespace(model="ViT-B-32", pretrained="random"), published)
+    assert capsys.readouterr().out == ""  # no published mean for random weights: nothing to compare

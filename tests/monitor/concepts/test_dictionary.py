@@ -194,7 +194,7 @@ def test_a_build_draws_a_progress_bar_on_a_terminal_only(counting, tiny_vocab, t
     term = _Terminal()
     monkeypatch.setattr(sys, "stderr", term)
     build_dictionary(counting, tiny_vocab, cache_dir=tmp_path, use_cache=False)
-    assert f"building the 40-concept dictionary ({counting.id})" in term.text and "40/40" in term.text
+    assert "building the 40-concept dictionary (st:all-MiniLM-L6-v2)" in term.text and "40/40" in term.text
 
     quiet = _Terminal()
     monkeypatch.setattr(sys, "stderr", quiet)
