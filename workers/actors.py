@@ -61,6 +61,7 @@ class AggregatorConfig:
     dead_letter: str | None = None
     keep_alarms: int = 1000
     reference_history: dict[str, Any] | None = None  # {"store", "start", "end"}: load the reference from history
+    recent_ids: int = 65_536  # ids of acknowledged batches remembered to catch repeated ids (bounded memory)
 
 
 @dataclass
@@ -97,7 +98,8 @@ class AggregatorCore:
         self.exporter = None
         if config.metrics_port is not None:
             self.metrics, self.exporter = _make_metrics(self.concept_names, config.metrics_port, config.metrics_host,
-                                                        build=(config.encoder or "unknown", concept_space))
+                                                        build=(config.encoder or "unknown", concept_space),
+                                                        max_streams=int(self.monitor.config.max_streams))
         self.history = None
         self._window_day: dict[str, int] = {}  # latest UTC day written per stream (triggers compaction)
         if config.history:
@@ -112,6 +114,9 @@ class AggregatorCore:
         self._open_ids: dict[str, int] = {}
         self._released_below = 1  # every seq below this is acknowledged (sources number batches from 1)
         self._released: set[int] = set()  # acknowledged seqs >= _released_below (out of order)
+        # ids of acknowledged batches, oldest first, capped at config.recent_ids: a repeated id shortly after its
+        # first copy was acknowledged is still caught as a duplicate, without a set of every id ever seen
+        self._recent_ids: dict[str, int] = {}
         self.counted = 0
         self.batches = 0
         self.duplicate_batches = 0
@@ -137,6 +142,7 @@ class AggregatorCore:
             for i in ids:
                 if self._open_ids.get(i) == seq:
                     del self._open_ids[i]
+                    self._remember(i, seq)
             self._released.add(seq)
         while self._released_below in self._released:
             self._released.discard(self._released_below)
@@ -148,6 +154,18 @@ class AggregatorCore:
             while self._released_below in self._released:
                 self._released.discard(self._released_below)
                 self._released_below += 1
+
+    def _remember(self, item_id: str, seq: int) -> None:
+        recent = self._recent_ids
+        recent.pop(item_id, None)
+        recent[item_id] = seq
+        while len(recent) > self.config.recent_ids:
+            del recent[next(iter(recent))]
+
+    def _counted_in(self, item_id: str) -> int | None:
+        """The batch that already counted ``item_id`` (unacknowledged, or among the recent acknowledged ones)."""
+        seq = self._open_ids.get(item_id)
+        return seq if seq is not None else self._recent_ids.get(item_id)
 
     def ledger_size(self) -> int:
         return len(self._open_ids) + len(self._released) + len(self._open)
@@ -168,21 +186,29 @@ class AggregatorCore:
         if self._seen(seq):
             self.duplicate_batches += 1
             return CommitResult(seq=seq, duplicate=True)
-        ids: list[str] = []
         rows: list[int] = []
         in_batch: set[str] = set()
+        dead: list[DeadLetter] = []
+        def duplicate(item_id: str, stream: str, timestamp: float, ref: str) -> DeadLetter | None:
+            # a repeated id is a dead letter with reason "duplicate", so that sent = counted + dead letters
+            first = None if item_id in in_batch else self._counted_in(item_id)
+            if item_id not in in_batch and first is None:
+                in_batch.add(item_id)
+                return None
+            where = "earlier in the same batch" if first is None else f"in batch {first}"
+            return DeadLetter(item_id=item_id, stream=stream, timestamp=float(timestamp), reason="duplicate",
+                              detail=f"id {item_id!r} was already counted {where}", ref=ref)
+
         for r, meta in enumerate(partial.items):
-            if meta.id in self._open_ids or meta.id in in_batch:
-                continue
-            in_batch.add(meta.id)
-            rows.append(r)
-        dead = []
+            letter = duplicate(meta.id, meta.stream, meta.timestamp, "")
+            if letter is None:
+                rows.append(r)
+            else:
+                dead.append(letter)
         for d in partial.dead_letters:
-            if d.item_id in self._open_ids or d.item_id in in_batch:
-                continue
-            in_batch.add(d.item_id)
-            dead.append(d)
-        skipped = len(partial.items) + len(partial.dead_letters) - len(rows) - len(dead)
+            letter = duplicate(d.item_id, d.stream, d.timestamp, d.ref)
+            dead.append(d if letter is None else letter)
+        skipped = sum(1 for d in dead if d.reason == "duplicate")
         ids = list(in_batch)
         # Stream capacity is checked before any state changes: the monitor and the metrics each refuse a stream past
         # their max_streams, and a refusal half-way through applying a batch would leave it counted but not
@@ -190,16 +216,21 @@ class AggregatorCore:
         rows, over = self._within_stream_limit(partial, rows, dead)
         dead += over
         result = CommitResult(seq=seq, counted=len(rows), dead_letters=len(dead), skipped_ids=skipped)
+        if dead:
+            # first, before any state changes: a sink that fails (after its retries) fails this commit cleanly, the
+            # batch is not acknowledged, and nothing of it has been counted
+            self.sink.write(dead)
+            if self.metrics is not None:
+                for (stream, reason), n in Counter((d.stream, d.reason) for d in dead).items():
+                    if reason == "stream_limit" or not self.metrics.can_accept(stream):
+                        # refused streams share one label value: the limit exists to bound the label set
+                        self.metrics.observe_refused_stream(reason, n=n)
+                    else:
+                        self.metrics.observe_dead_letter(stream, reason, n=n)
         if rows:
             codes = partial.codes if len(rows) == len(partial.items) else partial.codes.take(rows)
             items = partial.items if len(rows) == len(partial.items) else [partial.items[r] for r in rows]
             result.alarms = self._apply(codes, items, latency_s)
-        if dead:
-            self.sink.write(dead)
-            if self.metrics is not None:
-                for (stream, reason), n in Counter((d.stream, d.reason) for d in dead).items():
-                    if self.metrics.can_accept(stream):  # an over-limit stream is counted in the sink only
-                        self.metrics.observe_dead_letter(stream, reason, n=n)
         result.windows_closed = self._drain_windows()
         self._open[seq] = ids
         for i in ids:
@@ -249,9 +280,10 @@ class AggregatorCore:
                 kept.append(r)
             else:
                 over.append(DeadLetter(
-                    item_id=meta.id, stream=meta.stream, timestamp=float(meta.timestamp), reason="bad_record",
-                    detail=f"stream {meta.stream!r} is beyond the limit of {limit} streams ({setting}); raise it if "
-                           f"this many streams are intended", ref=str(getattr(meta, "ref", "") or "")))
+                    item_id=meta.id, stream=meta.stream, timestamp=float(meta.timestamp), reason="stream_limit",
+                    detail=f"stream {meta.stream!r} is beyond the limit of {limit} streams ({setting}); raise it "
+                           f"(--max-streams) if this many streams are intended",
+                    ref=str(getattr(meta, "ref", "") or "")))
         return kept, over
 
     # -- reference from the history store -------------------------------------------------------------------------
@@ -491,9 +523,10 @@ def _status(monitor, stream: str) -> dict[str, Any]:
     }
 
 
-def _make_metrics(concept_names: list[str], port: int | None, host: str, build: tuple[str, str] = ("unknown", "")):
-    """MonitorMetrics, build info and the process collectors on a private registry, served over HTTP by the exporter
-    (port 0 picks a free port; None: not served)."""
+def _make_metrics(concept_names: list[str], port: int | None, host: str, build: tuple[str, str] = ("unknown", ""),
+                  *, max_streams: int | None = None):
+    """MonitorMetrics (tracking at most ``max_streams`` streams), build info and the process collectors on a private
+    registry, served over HTTP by the exporter (port 0 picks a free port; None: not served)."""
     from prometheus_client import CollectorRegistry
 
     from monitor.metrics.exporter import MetricsExporter
@@ -501,7 +534,8 @@ def _make_metrics(concept_names: list[str], port: int | None, host: str, build: 
     from monitor.metrics.runtime import BuildInfo, register_runtime_collectors
 
     registry = CollectorRegistry()
-    metrics = MonitorMetrics(concept_names, registry=registry)
+    kwargs = {} if max_streams is None else {"max_streams": int(max_streams)}
+    metrics = MonitorMetrics(concept_names, registry=registry, **kwargs)
     encoder, space = build
     BuildInfo(encoder=encoder, concept_space=space or "unknown", registry=registry)
     register_runtime_collectors(registry)

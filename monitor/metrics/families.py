@@ -43,10 +43,13 @@ __all__ = [
     "METRICS",
     "MetricSpec",
     "MonitorMetrics",
+    "OVER_LIMIT_STREAM",
 ]
 
 ALARM_KINDS: tuple[str, ...] = ("prevalence", "activation", "stream", "embedding")
 WINDOWS: tuple[str, ...] = ("reference", "current")
+# The one ``stream`` label value under which dead letters of streams refused by max_streams are counted.
+OVER_LIMIT_STREAM = "_over_limit"
 
 # Cosine of the recomposed embedding; SpLiCE on real CLIP sits around 0.5-0.9, so the buckets are dense there.
 FIDELITY_BUCKETS: tuple[float, ...] = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95, 1.0)
@@ -218,6 +221,7 @@ class MonitorMetrics:
         self._lock = threading.Lock()
         self._streams: dict[str, _StreamState] = {}
         self._queue_items = 0
+        self._refused = dict.fromkeys(DEAD_LETTER_REASONS, 0)  # dead letters of streams beyond max_streams
         self.registry = registry
         if registry is not None:
             registry.register(self)
@@ -262,6 +266,15 @@ class MonitorMetrics:
         _check_count("n", n)
         with self._lock:
             self._state(stream).dead[reason] += int(n)
+
+    def observe_refused_stream(self, reason: str, n: int = 1) -> None:
+        """Count ``n`` dead letters of streams refused by the stream limit, under the one stream label
+        :data:`OVER_LIMIT_STREAM` (their own names would grow the label set the limit bounds)."""
+        if reason not in DEAD_LETTER_REASONS:
+            raise ValueError(f"reason must be one of {DEAD_LETTER_REASONS}, got {reason!r}")
+        _check_count("n", n)
+        with self._lock:
+            self._refused[reason] += int(n)
 
     def observe_nonconverged(self, stream: str, n: int) -> None:
         """Count ``n`` decompositions of ``stream`` that did not reach the solver tolerance."""
@@ -428,6 +441,7 @@ class MonitorMetrics:
         with self._lock:
             snap = [(name, self._snapshot(st)) for name, st in self._streams.items()]
             queue_items = self._queue_items
+            refused = {r: v for r, v in self._refused.items() if v}
         fam = {spec.name: _family(spec) for spec in METRICS}
         names = self.concept_names
         for stream, s in snap:
@@ -474,6 +488,8 @@ class MonitorMetrics:
                 fam["splice_stream_drift_score"].add_metric([stream], s["drift_score"])
             for kind, v in s["alarm_counts"].items():
                 fam["splice_alarms_firing"].add_metric([stream, kind], float(v))
+        for reason, v in refused.items():
+            fam["splice_dead_letters_total"].add_metric([OVER_LIMIT_STREAM, reason], float(v))
         fam["splice_queue_items"].add_metric([], float(queue_items))
         fam["splice_dictionary_concepts"].add_metric([], float(self.n_concepts))
         yield from fam.values()
