@@ -220,17 +220,13 @@ class AggregatorCore:
             # first, before any state changes: a sink that fails (after its retries) fails this commit cleanly, the
             # batch is not acknowledged, and nothing of it has been counted
             self.sink.write(dead)
-            if self.metrics is not None:
-                for (stream, reason), n in Counter((d.stream, d.reason) for d in dead).items():
-                    if reason == "stream_limit" or not self.metrics.can_accept(stream):
-                        # refused streams share one label value: the limit exists to bound the label set
-                        self.metrics.observe_refused_stream(reason, n=n)
-                    else:
-                        self.metrics.observe_dead_letter(stream, reason, n=n)
         if rows:
             codes = partial.codes if len(rows) == len(partial.items) else partial.codes.take(rows)
             items = partial.items if len(rows) == len(partial.items) else [partial.items[r] for r in rows]
             result.alarms = self._apply(codes, items, latency_s)
+        if dead and self.metrics is not None:  # after the rows, which hold their stream slots already
+            for (stream, reason), n in Counter((d.stream, d.reason) for d in dead).items():
+                self.metrics.observe_dead_letter(stream, reason, n=n)  # refused streams: one shared label
         result.windows_closed = self._drain_windows()
         self._open[seq] = ids
         for i in ids:

@@ -48,8 +48,7 @@ __all__ = [
 
 ALARM_KINDS: tuple[str, ...] = ("prevalence", "activation", "stream", "embedding")
 WINDOWS: tuple[str, ...] = ("reference", "current")
-# The one ``stream`` label value under which dead letters of streams refused by max_streams are counted.
-OVER_LIMIT_STREAM = "_over_limit"
+OVER_LIMIT_STREAM = "_over_limit"  # the one stream label of dead letters of streams refused by max_streams
 
 # Cosine of the recomposed embedding; SpLiCE on real CLIP sits around 0.5-0.9, so the buckets are dense there.
 FIDELITY_BUCKETS: tuple[float, ...] = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95, 1.0)
@@ -260,21 +259,16 @@ class MonitorMetrics:
                 st.lat_sum += float(latency_s)
 
     def observe_dead_letter(self, stream: str, reason: str, n: int = 1) -> None:
-        """Count ``n`` dead-lettered items of ``stream`` under ``reason`` (one of DEAD_LETTER_REASONS)."""
+        """Count ``n`` dead-lettered items of ``stream`` under ``reason`` (one of DEAD_LETTER_REASONS); a stream
+        beyond ``max_streams`` is counted under :data:`OVER_LIMIT_STREAM`, never as a new label value."""
         if reason not in DEAD_LETTER_REASONS:
             raise ValueError(f"reason must be one of {DEAD_LETTER_REASONS}, got {reason!r}")
         _check_count("n", n)
         with self._lock:
-            self._state(stream).dead[reason] += int(n)
-
-    def observe_refused_stream(self, reason: str, n: int = 1) -> None:
-        """Count ``n`` dead letters of streams refused by the stream limit, under the one stream label
-        :data:`OVER_LIMIT_STREAM` (their own names would grow the label set the limit bounds)."""
-        if reason not in DEAD_LETTER_REASONS:
-            raise ValueError(f"reason must be one of {DEAD_LETTER_REASONS}, got {reason!r}")
-        _check_count("n", n)
-        with self._lock:
-            self._refused[reason] += int(n)
+            if stream in self._streams or len(self._streams) < self.max_streams:
+                self._state(stream).dead[reason] += int(n)
+            else:
+                self._refused[reason] += int(n)
 
     def observe_nonconverged(self, stream: str, n: int) -> None:
         """Count ``n`` decompositions of ``stream`` that did not reach the solver tolerance."""
@@ -440,8 +434,7 @@ class MonitorMetrics:
     def collect(self) -> Iterator[Metric]:
         with self._lock:
             snap = [(name, self._snapshot(st)) for name, st in self._streams.items()]
-            queue_items = self._queue_items
-            refused = {r: v for r, v in self._refused.items() if v}
+            queue_items, refused = self._queue_items, {r: v for r, v in self._refused.items() if v}
         fam = {spec.name: _family(spec) for spec in METRICS}
         names = self.concept_names
         for stream, s in snap:

@@ -72,7 +72,7 @@ def test_redis_sink_unreachable_retries_with_backoff_then_fails_with_one_clear_l
         sink.write(_letters(2))
     message = str(info.value)
     assert time.monotonic() - t0 >= 0.05 + 0.1 + 0.2  # three waits, doubling
-    assert message.startswith(f"dead-letter sink redis://127.0.0.1:{port}/0 stream 'dead' unreachable: 4 tries")
+    assert message.startswith(f"dead-letter sink redis://:***@127.0.0.1:{port}/0 stream 'dead' unreachable: 4 tries")
     assert "not acknowledged" in message and "\n" not in message and "secret" not in message
     assert sink.total == 0  # nothing counted that was not written
 
