@@ -75,16 +75,27 @@ class CommitResult:
     skipped_ids: int = 0
     alarms: list[Alarm] = field(default_factory=list)
     windows_closed: int = 0
+    parked: bool = False  # arrived before an earlier batch: applied (and counted in a later result) once it commits
+
+    def add(self, other: "CommitResult") -> None:
+        """Fold in what applying another batch in the same call did."""
+        self.counted += other.counted
+        self.dead_letters += other.dead_letters
+        self.skipped_ids += other.skipped_ids
+        self.alarms.extend(other.alarms)
+        self.windows_closed += other.windows_closed
 
 
 class AggregatorCore:
     """Commits batch partials exactly once and feeds the monitor, metrics, history and dead-letter sink.
 
     Idempotence: a batch is identified by its source sequence number. A commit of a sequence number that is already
-    committed (a retried commit call) is ignored; items whose id belongs to a batch that is committed but not yet
-    acknowledged at the source (a redelivery that raced the acknowledgement) are skipped. The driver releases a
-    sequence number once the source has acknowledged it, so the ledger holds at most the in-flight batches: memory
-    is bounded by in-flight work, never by the number of items seen.
+    committed (a retried commit call) is ignored. Batches are applied in sequence order (one that commits early
+    waits for the ones before it), so windows do not depend on which worker was slow or died. An item whose id was
+    already counted (in a batch not yet acknowledged, or among the last ``recent_ids`` acknowledged items) is a
+    ``duplicate`` dead letter. The driver releases a sequence number once the source has acknowledged it, so the
+    ledger holds the in-flight batches plus a bounded window of recent ids: memory is bounded by in-flight work and
+    that window, never by the number of items seen.
     """
 
     def __init__(self, config: AggregatorConfig, concept_names: list[str], concept_space: str) -> None:
@@ -112,11 +123,12 @@ class AggregatorCore:
         # the ledger: committed-not-acknowledged batches and their item ids
         self._open: dict[int, list[str]] = {}
         self._open_ids: dict[str, int] = {}
-        self._released_below = 1  # every seq below this is acknowledged (sources number batches from 1)
-        self._released: set[int] = set()  # acknowledged seqs >= _released_below (out of order)
         # ids of acknowledged batches, oldest first, capped at config.recent_ids: a repeated id shortly after its
         # first copy was acknowledged is still caught as a duplicate, without a set of every id ever seen
         self._recent_ids: dict[str, int] = {}
+        self._next_seq = 1  # batches below this are applied; the driver numbers them from 1 in source order
+        self._parked: dict[int, tuple[Partial, float | None]] = {}  # committed early, applied when the gap fills
+        self._released_early: set[int] = set()
         self.counted = 0
         self.batches = 0
         self.duplicate_batches = 0
@@ -131,11 +143,14 @@ class AggregatorCore:
     # -- ledger ---------------------------------------------------------------------------------------------------
 
     def _seen(self, seq: int) -> bool:
-        return seq < self._released_below or seq in self._released or seq in self._open
+        return seq < self._next_seq or seq in self._parked
 
     def release(self, seqs: list[int] | tuple[int, ...]) -> None:
         """The source acknowledged these batches: forget their ids."""
         for seq in seqs:
+            if seq in self._parked:  # acknowledged while waiting for an earlier batch: release once applied
+                self._released_early.add(seq)
+                continue
             ids = self._open.pop(seq, None)
             if ids is None:
                 continue
@@ -143,17 +158,6 @@ class AggregatorCore:
                 if self._open_ids.get(i) == seq:
                     del self._open_ids[i]
                     self._remember(i, seq)
-            self._released.add(seq)
-        while self._released_below in self._released:
-            self._released.discard(self._released_below)
-            self._released_below += 1
-        # the driver acknowledges in commit order, so gaps only come from batches never committed (a batch retried
-        # after the run was told to stop); jump over them rather than let the set grow
-        if len(self._released) > 4096:
-            self._released_below = min(self._released)
-            while self._released_below in self._released:
-                self._released.discard(self._released_below)
-                self._released_below += 1
 
     def _remember(self, item_id: str, seq: int) -> None:
         recent = self._recent_ids
@@ -168,7 +172,7 @@ class AggregatorCore:
         return seq if seq is not None else self._recent_ids.get(item_id)
 
     def ledger_size(self) -> int:
-        return len(self._open_ids) + len(self._released) + len(self._open)
+        return len(self._open_ids) + len(self._open) + len(self._parked)
 
     # -- commit ---------------------------------------------------------------------------------------------------
 
@@ -186,9 +190,22 @@ class AggregatorCore:
         if self._seen(seq):
             self.duplicate_batches += 1
             return CommitResult(seq=seq, duplicate=True)
+        # Batches are applied in source order, whatever order their commits arrive in: a batch retried after a
+        # worker died commits late, and applying it late would put its items in a later count window than a run
+        # without the fault (identical runs must give identical windows and alarms). Early ones wait here; at most
+        # the driver's in-flight batches do.
+        self._parked[seq] = (partial, latency_s)
+        result = CommitResult(seq=seq, parked=seq != self._next_seq)
+        while self._next_seq in self._parked:
+            result.add(self._apply_batch(self._next_seq, *self._parked.pop(self._next_seq)))
+            self._next_seq += 1
+        return result
+
+    def _apply_batch(self, seq: int, partial: Partial, latency_s: float | None) -> CommitResult:
         rows: list[int] = []
         in_batch: set[str] = set()
         dead: list[DeadLetter] = []
+
         def duplicate(item_id: str, stream: str, timestamp: float, ref: str) -> DeadLetter | None:
             # a repeated id is a dead letter with reason "duplicate", so that sent = counted + dead letters
             first = None if item_id in in_batch else self._counted_in(item_id)
@@ -235,6 +252,9 @@ class AggregatorCore:
         self.batches += 1
         self.skipped_ids += skipped
         self._note_alarms(result.alarms)
+        if seq in self._released_early:
+            self._released_early.discard(seq)
+            self.release((seq,))
         return result
 
     def stream_limit(self) -> tuple[int, str]:
@@ -385,11 +405,15 @@ class AggregatorCore:
 
     def flush(self) -> list[Alarm]:
         """Close every open window (end of a finite source or shutdown) and return the alarms that fired."""
+        parked: list[Alarm] = []
+        for seq in sorted(self._parked):  # a gap that never filled (a batch given up on): keep the rest in order
+            parked += self._apply_batch(seq, *self._parked.pop(seq)).alarms
+            self._next_seq = seq + 1
         alarms = list(self.monitor.flush() or [])
         self._drain_windows()
         self._note_alarms(alarms)
         self.sink.flush()
-        return alarms
+        return parked + alarms
 
     def summary(self) -> dict[str, Any]:
         return {
