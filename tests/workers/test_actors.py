@@ -205,4 +205,3 @@ def test_a_dead_letter_sink_that_fails_leaves_the_batch_uncounted_so_a_retry_cou
     result = agg.commit(1, partial)  # the driver's retry of the same batch
     assert (result.duplicate, result.counted, result.dead_letters) == (False, 2, 1)
     assert agg.summary()["images"] == 2
-
