@@ -17,6 +17,7 @@ import numpy as np
 
 from monitor.records import Alarm, ItemMeta, SparseCodes, WindowSummary
 from workers.core import DeadLetter, Partial, Worker, WorkerConfig
+from workers.ledger import CommitLedger
 
 __all__ = ["WorkerHost", "AggregatorConfig", "AggregatorCore", "CommitResult", "worker_actor_class",
            "aggregator_actor_class"]
@@ -120,15 +121,7 @@ class AggregatorCore:
         self._fallback_reference: WindowSummary | None = None  # all streams merged, for streams new to history
         if config.reference_history:
             self._load_history_reference(**config.reference_history)
-        # the ledger: committed-not-acknowledged batches and their item ids
-        self._open: dict[int, list[str]] = {}
-        self._open_ids: dict[str, int] = {}
-        # ids of acknowledged batches, oldest first, capped at config.recent_ids: a repeated id shortly after its
-        # first copy was acknowledged is still caught as a duplicate, without a set of every id ever seen
-        self._recent_ids: dict[str, int] = {}
-        self._next_seq = 1  # batches below this are applied; the driver numbers them from 1 in source order
-        self._parked: dict[int, tuple[Partial, float | None]] = {}  # committed early, applied when the gap fills
-        self._released_early: set[int] = set()
+        self.ledger = CommitLedger(recent_ids=config.recent_ids)
         self.counted = 0
         self.batches = 0
         self.duplicate_batches = 0
@@ -142,37 +135,12 @@ class AggregatorCore:
 
     # -- ledger ---------------------------------------------------------------------------------------------------
 
-    def _seen(self, seq: int) -> bool:
-        return seq < self._next_seq or seq in self._parked
-
     def release(self, seqs: list[int] | tuple[int, ...]) -> None:
-        """The source acknowledged these batches: forget their ids."""
-        for seq in seqs:
-            if seq in self._parked:  # acknowledged while waiting for an earlier batch: release once applied
-                self._released_early.add(seq)
-                continue
-            ids = self._open.pop(seq, None)
-            if ids is None:
-                continue
-            for i in ids:
-                if self._open_ids.get(i) == seq:
-                    del self._open_ids[i]
-                    self._remember(i, seq)
-
-    def _remember(self, item_id: str, seq: int) -> None:
-        recent = self._recent_ids
-        recent.pop(item_id, None)
-        recent[item_id] = seq
-        while len(recent) > self.config.recent_ids:
-            del recent[next(iter(recent))]
-
-    def _counted_in(self, item_id: str) -> int | None:
-        """The batch that already counted ``item_id`` (unacknowledged, or among the recent acknowledged ones)."""
-        seq = self._open_ids.get(item_id)
-        return seq if seq is not None else self._recent_ids.get(item_id)
+        """The source acknowledged these batches: forget their ids (but for the bounded window of recent ones)."""
+        self.ledger.release(seqs)
 
     def ledger_size(self) -> int:
-        return len(self._open_ids) + len(self._open) + len(self._parked)
+        return self.ledger.size()
 
     # -- commit ---------------------------------------------------------------------------------------------------
 
@@ -187,18 +155,20 @@ class AggregatorCore:
             self.release(released)
         if queue_depth is not None and self.metrics is not None:
             self.metrics.set_queue_depth(queue_depth)
-        if self._seen(seq):
+        if self.ledger.seen(seq):
             self.duplicate_batches += 1
             return CommitResult(seq=seq, duplicate=True)
         # Batches are applied in source order, whatever order their commits arrive in: a batch retried after a
         # worker died commits late, and applying it late would put its items in a later count window than a run
-        # without the fault (identical runs must give identical windows and alarms). Early ones wait here; at most
-        # the driver's in-flight batches do.
-        self._parked[seq] = (partial, latency_s)
-        result = CommitResult(seq=seq, parked=seq != self._next_seq)
-        while self._next_seq in self._parked:
-            result.add(self._apply_batch(self._next_seq, *self._parked.pop(self._next_seq)))
-            self._next_seq += 1
+        # without the fault (identical runs must give identical windows and alarms). Early ones wait in the ledger;
+        # at most the driver's in-flight batches do.
+        result = CommitResult(seq=seq, parked=seq != self.ledger.next_seq)
+        for ready, (part, latency) in self.ledger.arrive(seq, (partial, latency_s)):
+            try:
+                result.add(self._apply_batch(ready, part, latency))
+            except Exception:
+                self.ledger.abandon(ready)  # e.g. the dead-letter sink failed, before any state changed
+                raise
         return result
 
     def _apply_batch(self, seq: int, partial: Partial, latency_s: float | None) -> CommitResult:
@@ -208,7 +178,7 @@ class AggregatorCore:
 
         def duplicate(item_id: str, stream: str, timestamp: float, ref: str) -> DeadLetter | None:
             # a repeated id is a dead letter with reason "duplicate", so that sent = counted + dead letters
-            first = None if item_id in in_batch else self._counted_in(item_id)
+            first = None if item_id in in_batch else self.ledger.counted_in(item_id)
             if item_id not in in_batch and first is None:
                 in_batch.add(item_id)
                 return None
@@ -245,16 +215,11 @@ class AggregatorCore:
             for (stream, reason), n in Counter((d.stream, d.reason) for d in dead).items():
                 self.metrics.observe_dead_letter(stream, reason, n=n)  # refused streams: one shared label
         result.windows_closed = self._drain_windows()
-        self._open[seq] = ids
-        for i in ids:
-            self._open_ids[i] = seq
+        self.ledger.record(seq, ids)
         self.counted += len(rows)
         self.batches += 1
         self.skipped_ids += skipped
         self._note_alarms(result.alarms)
-        if seq in self._released_early:
-            self._released_early.discard(seq)
-            self.release((seq,))
         return result
 
     def stream_limit(self) -> tuple[int, str]:
@@ -406,9 +371,8 @@ class AggregatorCore:
     def flush(self) -> list[Alarm]:
         """Close every open window (end of a finite source or shutdown) and return the alarms that fired."""
         parked: list[Alarm] = []
-        for seq in sorted(self._parked):  # a gap that never filled (a batch given up on): keep the rest in order
-            parked += self._apply_batch(seq, *self._parked.pop(seq)).alarms
-            self._next_seq = seq + 1
+        for seq, (part, latency) in self.ledger.drain():  # a gap never filled (a batch given up on): keep order
+            parked += self._apply_batch(seq, part, latency).alarms
         alarms = list(self.monitor.flush() or [])
         self._drain_windows()
         self._note_alarms(alarms)

@@ -181,7 +181,7 @@ def test_remembered_ids_are_bounded():
     for seq in range(1, 21):
         agg.commit(seq, _partial(["s"] * 5, prefix=f"b{seq}-"), released=(seq - 1,) if seq > 1 else ())
     agg.release((20,))
-    assert len(agg._recent_ids) == 10 and agg.ledger_size() == 0
+    assert agg.ledger.recent_count == 10 and agg.ledger_size() == 0
     # an id older than the remembered ones is counted again: the memory is a bounded window, not every id
     assert agg.commit(21, _partial(["s"], prefix="b1-")).counted == 1
     assert agg.commit(22, _partial(["s"], prefix="b20-")).dead_letters == 1

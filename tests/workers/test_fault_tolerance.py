@@ -57,7 +57,7 @@ def test_the_ledger_holds_only_unacknowledged_batches():
         agg.commit(seq, _partial([f"{seq}-{k}" for k in range(10)], seed=seq), released=(seq - 2,) if seq > 2 else ())
     agg.release([299, 300])
     assert agg.summary()["images"] == 3000
-    assert agg.ledger_size() == 0 and agg._next_seq == 301
+    assert agg.ledger_size() == 0 and agg.ledger.next_seq == 301
 
 
 def test_killed_worker_actor_mid_stream_every_redis_message_counted_once(ray_local, text_config, redis_url,
