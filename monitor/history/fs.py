@@ -11,13 +11,13 @@ import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path, PurePath, PurePosixPath
-from urllib.parse import urlsplit, urlunsplit
 
 import pyarrow as pa
 import pyarrow.fs as pafs
 
 from monitor.atomic import atomic_put, atomic_write_bytes
 from monitor.errors import ConfigError
+from monitor.uris import redact_uri
 
 __all__ = ["URI_SCHEMES", "StoreFS", "WriterLock", "is_visible"]
 
@@ -49,11 +49,8 @@ _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.\-]*):")
 
 
 def _redact(uri: str) -> str:
-    """A URI fit for messages: no user:secret@ part."""
-    parts = urlsplit(uri)
-    if "@" not in parts.netloc or parts.scheme in ("abfs", "abfss"):  # abfs's user part is the container name
-        return uri
-    return urlunsplit(parts._replace(netloc="***@" + parts.netloc.rsplit("@", 1)[1]))
+    """A URI fit for messages: the project's one redaction (monitor.uris)."""
+    return redact_uri(uri)
 
 
 def short_error(exc: BaseException, limit: int = 300) -> str:
