@@ -87,6 +87,9 @@ ALARM_SCHEMA = pa.schema(
         ("reference_start", pa.float64()),
         ("reference_end", pa.float64()),
         ("state", pa.string()),
+        # when the alarm fired: files written before these columns existed read back as null (nan / -1)
+        ("event_time", pa.float64()),
+        ("item_offset", pa.int64()),
         ("batch", pa.string()),
     ]
 )
@@ -111,16 +114,12 @@ SCHEMAS = {
     "codes": CODES_SCHEMA,
 }
 # Columns added after version 1, with the value older files stand for.
-_DEFAULTS = {"window_index": NO_INDEX}
+_DEFAULTS = {"window_index": NO_INDEX, "event_time": float("nan"), "item_offset": -1}
 
 
 def conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
     """``table`` with exactly ``schema``'s columns: columns an older file lacks (or that a dataset scan filled with
     nulls) get their documented default, so version-1 files read like current ones."""
-    if table.column_names == schema.names and all(
-        name not in schema.names or not table[name].null_count for name in _DEFAULTS
-    ):
-        return table  # the common case, kept cheap: it runs once per file read
     for name, default in _DEFAULTS.items():
         i = schema.get_field_index(name)
         if i < 0:

@@ -61,7 +61,8 @@ def print_alarm(alarm) -> None:
         print(f"resolved: {alarm.describe()}", flush=True)
     else:
         # p_value is exp(-evidence) of the sequential test: an uncorrected per-test bound, not a calibrated p-value
-        print(f"ALARM {alarm.describe()}  (effect {alarm.effect_size:.3g}, p<={alarm.p_value:.2g})", flush=True)
+        print(f"ALARM {alarm.describe()}  (effect {alarm.effect_size:.3g}, p<={alarm.p_value:.2g}, fired at item "
+              f"{alarm.item_offset}, event time {alarm.event_time:.3f})", flush=True)
 
 
 def run(args: argparse.Namespace) -> int:

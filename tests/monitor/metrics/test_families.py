@@ -12,7 +12,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from monitor.errors import DEAD_LETTER_REASONS, ConfigError
-from monitor.metrics.families import FIDELITY_BUCKETS, METRICS, MonitorMetrics, OVER_LIMIT_STREAM
+from monitor.metrics.families import FIDELITY_BUCKETS, METRICS, MonitorMetrics
 from monitor.records import Alarm, SparseCodes, WindowSummary
 
 DOCS = Path(__file__).resolve().parents[3] / "docs" / "metrics.md"
@@ -368,17 +368,20 @@ def test_state_round_trip_keeps_every_series(names):
         MonitorMetrics(names[:10], registry=None).load_state_dict(m.state_dict())
 
 
-def test_dead_letters_of_streams_beyond_the_limit_share_one_label_value():
+def test_the_newest_firing_alarm_says_when_it_fired(names):
+    import dataclasses
+
     reg = CollectorRegistry()
-    m = MonitorMetrics(["a", "b"], registry=reg, max_streams=2)
-    m.observe_dead_letter("s1", "bad_text")
-    m.observe_dead_letter("s2", "bad_text", n=2)
-    for k in range(5):  # five refused streams: no new label values
-        m.observe_dead_letter(f"extra-{k}", "stream_limit", n=3)
-    m.observe_dead_letter("extra-0", "duplicate")
-    assert sorted(m.streams) == ["s1", "s2"]
-    get = reg.get_sample_value
-    assert get("splice_dead_letters_total", {"stream": "s2", "reason": "bad_text"}) == 2
-    assert get("splice_dead_letters_total", {"stream": OVER_LIMIT_STREAM, "reason": "stream_limit"}) == 15
-    assert get("splice_dead_letters_total", {"stream": OVER_LIMIT_STREAM, "reason": "duplicate"}) == 1
-    assert get("splice_dead_letters_total", {"stream": OVER_LIMIT_STREAM, "reason": "bad_text"}) is None
+    m = MonitorMetrics(names, registry=reg, max_concepts_per_stream=10, top_k=2)
+    codes = _codes(np.random.default_rng(5), 50, 50, density=0.3)
+    m.observe_batch("s", codes)
+    cur = _summary("s", [codes], 50)
+    older = dataclasses.replace(_alarm("s", 5, "c5"), event_time=1000.5, item_offset=20_100)
+    newer = dataclasses.replace(_alarm("s", 7, "c7"), event_time=1010.0, item_offset=20_200)
+    m.observe_window("s", cur, cur, concept_scores=None, drift_score=1.0, alarms=[older, newer])
+    labels = {"stream": "s", "kind": "prevalence"}
+    assert reg.get_sample_value("splice_alarm_fired_timestamp_seconds", labels) == 1010.0
+    assert reg.get_sample_value("splice_alarm_fired_offset_items", labels) == 20_200
+    m.observe_window("s", cur, cur, concept_scores=None, drift_score=1.0,
+                     alarms=[dataclasses.replace(newer, state="resolved")])
+    assert reg.get_sample_value("splice_alarm_fired_offset_items", labels) == 20_100
