@@ -229,6 +229,10 @@ class Alarm:
     reference_start: float = float("nan")
     reference_end: float = float("nan")
     state: str = "firing"  # "firing" | "resolved"
+    # when it fired (or resolved): the latest event time of the batch whose evidence crossed, and the stream offset
+    # just past that batch (items of the stream seen, reference included); nan / -1 when unknown (old records)
+    event_time: float = float("nan")
+    item_offset: int = -1
 
     def describe(self) -> str:
         """One line in words, e.g. "'snow' prevalence on camera-7: 2.1% -> 18.7%"."""

@@ -61,22 +61,30 @@ def _chernoff_slack(n_cur: int) -> float:
 class DriftConfig:
     """Per-concept drift tests.
 
-    ``ert``: expected number of tests (steps) between false alarms on one stream, all concepts together.
-    ``min_support``: a concept is tested only when it is active in at least this many images of reference and
-    current together (the filter looks only at pooled counts, so it keeps the false-alarm bound; see docs/drift.md).
+    ``ert``: expected number of items between false alarms on one stream, all concepts together (the monitor's
+    sequential tests run at every batch; :class:`ConceptDriftTest`, the one-shot window comparison, reads it as
+    tests between false alarms).
+    ``min_support``: a concept's fall and its mean activation are tested only when the reference saw it in at least
+    this many images (a rise is tested for every concept: one the reference never saw may appear); the window
+    comparison filters on reference and current together. Neither filter looks at the data under test, so both keep
+    the false-alarm bound (docs/drift.md).
     ``min_count``: an alarm is raised only when it rests on at least this many images: an "up" alarm needs that many
     current images with the concept, a "down" alarm needs the reference rate to predict that many in the current one.
     ``clear_ratio`` / ``clear_steps``: hysteresis; an active alarm resolves only after its evidence stayed below
-    ``clear_ratio`` x threshold for ``clear_steps`` consecutive tests.
+    ``clear_ratio`` x threshold for ``clear_steps`` consecutive tests (batches).
     ``stream_threshold``: Jensen-Shannon divergence (bits) above which a stream-level alarm is raised; None (default)
     reports the score without alarming, because that score has no analytic null distribution.
     ``min_prevalence_change``: a prevalence alarm also needs |current - reference prevalence| >= this absolute
     floor (0.0, the default, disables it); a firing one resolves once the change stays below ``clear_ratio`` x the
     floor (or its evidence below ``clear_ratio`` x threshold) for ``clear_steps`` tests. Like ``min_count`` it only
     suppresses alarms, so the false-alarm bound holds.
+    ``calibrate``: spend the budget: when the reference is set, a short simulation from the reference measures how
+    far beyond ERT the analytic threshold puts the no-drift run length, and lowers the threshold by that factor
+    (over a margin of 1.3). False keeps the analytic threshold, whose run length is proved >= ERT but is several
+    times longer in practice.
     """
 
-    ert: float = 1000.0
+    ert: float = 1_000_000.0
     kinds: tuple[str, ...] = KINDS
     min_support: int = 10
     min_count: int = 5
@@ -84,10 +92,11 @@ class DriftConfig:
     clear_steps: int = 2
     stream_threshold: float | None = None
     min_prevalence_change: float = 0.0
+    calibrate: bool = True
 
     def __post_init__(self) -> None:
         if not (self.ert > 1):
-            raise ConfigError(f"DriftConfig.ert must be > 1 step, got {self.ert!r}")
+            raise ConfigError(f"DriftConfig.ert must be > 1 (items between false alarms), got {self.ert!r}")
         bad = [k for k in self.kinds if k not in KINDS]
         if bad or not self.kinds:
             raise ConfigError(f"DriftConfig.kinds must be a non-empty subset of {KINDS}, got {self.kinds!r}")
@@ -315,6 +324,14 @@ class AlarmBook:
     def active(self) -> list[Alarm]:
         return [a.alarm for a in self._active.values()]
 
+    @property
+    def n_active(self) -> int:
+        return len(self._active)
+
+    def reset(self) -> None:
+        """Forget every active alarm (no resolved records are raised)."""
+        self._active.clear()
+
     def _alarm(self, res: StepResult, h: int, j: int, bounds: dict[str, float], state: str) -> Alarm:
         kind, direction = HYPOTHESES[h]
         ev = float(res.evidence[h, j])
@@ -333,9 +350,14 @@ class AlarmBook:
                      current_mean=math.nan, effect_size=res.stream_score, score=res.stream_score,
                      p_value=math.nan, state=state, **bounds)
 
-    def step(self, res: StepResult, window: tuple[float, float], reference: tuple[float, float]) -> list[Alarm]:
+    def step(self, res: StepResult, window: tuple[float, float], reference: tuple[float, float],
+             fired: tuple[float, int] | None = None) -> list[Alarm]:
+        """Alarm transitions after one test. ``fired`` = (event time, item offset) of the tested batch, recorded in
+        every alarm this step raises or resolves."""
         bounds = {"window_start": float(window[0]), "window_end": float(window[1]),
                   "reference_start": float(reference[0]), "reference_end": float(reference[1])}
+        if fired is not None:
+            bounds["event_time"], bounds["item_offset"] = float(fired[0]), int(fired[1])
         out: list[Alarm] = []
         clear_at = self.config.clear_ratio * res.threshold
         for key in list(self._active):

@@ -1,13 +1,14 @@
 """The concept monitor: windows + reference + drift tests for each stream, fed with sparse codes and returning
 typed alarms. ``StreamMonitor`` handles one stream; ``ConceptMonitor`` routes a mixed batch to one per stream.
 
-A *step* is one closed tumbling window: the current view (the newest ``window.view`` closed windows) is tested
-against the reference, and ``drift.ert`` is the expected number of steps between false alarms of a stream.
+Every batch after the reference is a test: sequential per-concept detectors (:mod:`monitor.drift.sequential`) fold
+it in and alarm within the batch where the evidence crosses; ``drift.ert`` is the expected number of items between
+false alarms of a stream. Windows aggregate for metrics and history, and give alarms their "current" figures.
 
 >>> from monitor.synthetic.codes import synthetic_stream, Shift
 >>> names = [f"concept{j}" for j in range(300)]
 >>> mon = ConceptMonitor(names, MonitorConfig(window=WindowConfig(size=1000),
-...                                           reference=ReferenceConfig(n_images=5000), drift=DriftConfig(ert=100)))
+...                                           reference=ReferenceConfig(n_images=5000), drift=DriftConfig(ert=100_000)))
 >>> alarms = []
 >>> for codes, items in synthetic_stream(300, 12_000, [Shift(7, 8_000, "prevalence", 5.0)], mean_l0=15, seed=3):
 ...     alarms += mon.update(codes, items)
@@ -26,10 +27,11 @@ from typing import Any, Callable
 import numpy as np
 
 from monitor.drift import state as _state
-from monitor.drift.detectors import AlarmBook, ConceptDriftTest, DriftConfig, StepResult
+from monitor.drift.detectors import AlarmBook, DriftConfig, StepResult, js_divergence
+from monitor.drift.sequential import SequentialConceptTest
 from monitor.errors import ConfigError
 from monitor.records import Alarm, ItemMeta, SparseCodes, WindowSummary
-from monitor.drift.stats import WindowStats
+from monitor.drift.stats import ConceptMoments, WindowStats
 from monitor.drift.windows import ClosedWindow, Reference, ReferenceConfig, TumblingWindows, WindowConfig, WindowRing
 
 __all__ = ["DEFAULT_MAX_STREAMS", "MonitorConfig", "StreamStatus", "StreamMonitor", "ConceptMonitor", "WindowConfig",
@@ -110,6 +112,23 @@ class StreamStatus:
     n_alarms_fired: int
 
 
+def _step_result(seq, ref: ConceptMoments, cur: ConceptMoments, cfg: DriftConfig, stream_score: float) -> StepResult:
+    """The sequential evidence plus what an alarm reports (reference vs recent prevalence and mean) and the gates
+    that only suppress alarms: ``min_count`` and the ``min_prevalence_change`` floor."""
+    n_r, n_c = max(ref.n_images, 1), max(cur.n_images, 1)
+    ref_prev, cur_prev = ref.presence / n_r, cur.presence / n_c
+    ref_mean, cur_mean = ref.weight_sum / n_r, cur.weight_sum / n_c
+    n = n_r + n_c
+    mu = (ref.weight_sum + cur.weight_sum) / n
+    pooled_sd = np.sqrt(np.maximum((ref.weight_sq_sum + cur.weight_sq_sum) / n - mu * mu, 0.0))
+    up_ok = cur.presence >= cfg.min_count
+    down_ok = ref_prev * n_c >= cfg.min_count
+    big = np.abs(cur_prev - ref_prev) >= cfg.min_prevalence_change
+    ok = np.stack([up_ok & big, down_ok & big, up_ok, down_ok])
+    return StepResult(seq.evidence, seq.tested, seq.fire & ok, seq.threshold, seq.n_hypotheses, ref_prev, cur_prev,
+                      ref_mean, cur_mean, pooled_sd, stream_score, ref.n_images, cur.n_images)
+
+
 class StreamMonitor:
     """Windows, reference and drift tests of one stream.
 
@@ -130,7 +149,11 @@ class StreamMonitor:
         self.windows = TumblingWindows(c, cfg.window)
         self.ring = WindowRing(cfg.window.view + cfg.reference.trailing_windows)
         self.reference = Reference(c, cfg.reference)
-        self.tester = ConceptDriftTest(cfg.drift)
+        self.seq = SequentialConceptTest(c, cfg.drift)
+        self._seq_source = ""  # which reference the sequential test's null was built from
+        self.n_items = 0  # items of this stream seen (reference included): alarms carry this offset
+        self._batches = 0
+        self._stream_score = math.nan
         self.book = AlarmBook(stream, self.concept_names, cfg.drift)
         self._pending: deque[WindowSummary] = deque(maxlen=cfg.max_pending_windows)
         self.n_windows = 0
@@ -162,16 +185,24 @@ class StreamMonitor:
             raise ValueError(f"timestamps: expected shape ({n},), got {ts.shape}")
         if n == 0:
             return []
+        self._batches += 1
         n_ref = self.reference.offer(codes, ts)
         closed = self.windows.add(codes, ts, n_reference=n_ref)
-        return self._on_closed(closed)
+        alarms = self._on_closed(closed)
+        # a fixed reference is never tested against itself: only the rows after the ones it took
+        skip = n_ref if self.reference.mode == "fixed" else 0
+        self._sync_reference()
+        if self.seq.ready and skip < n:
+            part = codes if skip == 0 else codes.slice(skip, n)
+            alarms += self._test(part, ts[skip:], self.n_items + n)
+        self.n_items += n
+        return alarms
 
     def flush(self) -> list[Alarm]:
-        """Close and test every open window (end of a finite stream, or shutdown)."""
+        """Close every open window (end of a finite stream, or shutdown). Tests ran with every batch already."""
         return self._on_closed(self.windows.flush())
 
     def _on_closed(self, closed: list[ClosedWindow]) -> list[Alarm]:
-        alarms: list[Alarm] = []
         for win in closed:
             self.n_windows += 1
             self.ring.push(win)
@@ -181,28 +212,62 @@ class StreamMonitor:
             self._pending.append(summary)
             if self.on_window is not None:
                 self.on_window(summary)
-            alarms += self._test()
-        return alarms
+            self._describe_view()
+            if self.reference.mode == "trailing":
+                self._seq_source = ""  # the trailing reference moved with the ring: the null follows it
+        return []
 
-    def _test(self) -> list[Alarm]:
+    def _describe_view(self) -> None:
+        """Current view vs reference summaries and the stream-level divergence, refreshed at each window close."""
         view = self.config.window.view
         if len(self.ring) < view:
-            return []
-        current_windows = self.ring.last(view)
-        if self.reference.mode == "fixed" and any(w.n_reference for w in current_windows):
-            return []  # the view overlaps the images the reference was built from
+            return
         ref = self.reference.get(self.ring, view)
         if ref is None:
-            return []
+            return
         ref_stats, ref_start, ref_end = ref
         cur_stats, cur_start, cur_end = self.ring.view(view)
-        res = self.tester.run(ref_stats, cur_stats)
-        self.steps += 1
-        self._last = res
         self._last_current = cur_stats.to_summary(self.stream, cur_start, cur_end, self.config.concept_space)
         self._last_reference = ref_stats.to_summary(self.stream, ref_start, ref_end, self.config.concept_space)
-        alarms = self.book.step(res, (cur_start, cur_end), (ref_start, ref_end))
-        return alarms
+        self._stream_score = js_divergence(ref_stats.concepts.weight_sum, cur_stats.concepts.weight_sum)
+
+    def _sync_reference(self) -> None:
+        """Point the sequential test's null at the reference of the current mode once that reference is ready."""
+        mode = self.reference.mode
+        want = mode
+        if self._seq_source == want:
+            return
+        ref = self.reference.get(self.ring, self.config.window.view)
+        if ref is None:
+            return
+        first = not self.seq.ready
+        self.seq.set_reference(ref[0])
+        self._seq_source = want
+        if first and self.config.drift.calibrate:
+            self.seq.calibrate(self._batch_hint())
+
+    def _batch_hint(self) -> int:
+        """The stream's mean batch size so far: the calibration simulates batches of that size."""
+        return max(1, round((self.n_items + 1) / max(self._batches, 1)))
+
+    def _recent(self) -> ConceptMoments:
+        """The newest closed window plus the open ones: what 'current' means in an alarm record."""
+        out = ConceptMoments(len(self.concept_names))
+        for w in self.ring.last(1) + self.windows.open_windows():
+            out.merge(w.stats.concepts)
+        return out
+
+    def _test(self, codes: SparseCodes, ts: np.ndarray, offset: int) -> list[Alarm]:
+        seq = self.seq.update(codes)
+        self.steps += 1
+        ref_stats, ref_start, ref_end = self.reference.get(self.ring, self.config.window.view)
+        res = _step_result(seq, ref_stats.concepts, self._recent(), self.config.drift, self._stream_score)
+        self._last = res
+        if not res.fire.any() and not self.book.n_active and self.config.drift.stream_threshold is None:
+            return []
+        lo, hi = float(ts.min()), float(ts.max())
+        return self.book.step(res, (lo, float(np.nextafter(hi, math.inf))), (ref_start, ref_end),
+                              fired=(hi, int(offset)))
 
     # -- reading ----------------------------------------------------------------------------------------------
     def closed_windows(self) -> list[WindowSummary]:
@@ -216,8 +281,6 @@ class StreamMonitor:
         return self.book.active
 
     def status(self) -> StreamStatus:
-        res = self._last
-        c = len(self.concept_names)
         cur, ref = self._last_current, self._last_reference
         age_s = (cur.end - ref.end) if (cur is not None and ref is not None) else math.nan
         mode = self.reference.mode
@@ -241,23 +304,31 @@ class StreamMonitor:
             reference=ref,
             reference_age_s=float(age_s),
             reference_age_windows=int(age_w),
-            concept_scores=res.concept_scores if res is not None else np.zeros(c),
-            threshold=res.threshold if res is not None else math.nan,
-            n_hypotheses=res.n_hypotheses if res is not None else 0,
-            stream_score=res.stream_score if res is not None else math.nan,
+            concept_scores=self.seq.evidence.max(axis=0),
+            threshold=self.seq.threshold if self.seq.ready else math.nan,
+            n_hypotheses=self.seq.n_hypotheses,
+            stream_score=self._stream_score,
             active_alarms=self.book.active,
             n_alarms_fired=self.book.n_fired,
         )
+
+    def restart_tests(self) -> None:
+        """Start every sequential detector again from zero evidence and forget active alarms (an operator's reset
+        after handling an alert; the benchmark's null runs use it to count independent false alarms)."""
+        self.seq.reset()
+        self.book.reset()
 
     # -- reference control ------------------------------------------------------------------------------------
     def set_reference(self, reference: WindowSummary | WindowStats) -> None:
         """Compare against a stored window from now on (``history`` mode); the fixed reference is kept."""
         self.reference.load(reference)
         self._history_mark = self.n_windows
+        self._seq_source = ""  # a new null for the sequential test
 
     def set_reference_mode(self, mode: str, **changes: Any) -> None:
         """Switch between ``fixed``, ``trailing`` and ``history`` without losing any accumulated state."""
         self.reference.set_mode(mode, **changes)
+        self._seq_source = ""
         if self.reference.config.trailing_windows + self.config.window.view > self.ring.capacity:
             old = list(self.ring)
             self.ring = WindowRing(self.reference.config.trailing_windows + self.config.window.view)
@@ -275,6 +346,11 @@ class StreamMonitor:
             "ring": self.ring.state_dict(),
             "reference": self.reference.state_dict(),
             "book": self.book.state_dict(),
+            "seq": self.seq.state_dict(),
+            "seq_source": self._seq_source,
+            "n_items": self.n_items,
+            "batches": self._batches,
+            "stream_score": self._stream_score,
             "n_windows": self.n_windows,
             "steps": self.steps,
             "fixed_mark": -1 if self._fixed_mark is None else self._fixed_mark,
@@ -290,6 +366,12 @@ class StreamMonitor:
         out.ring = WindowRing.from_state(state["ring"])
         out.reference = Reference.from_state(state["reference"])
         out.book.load_state_dict(state["book"])
+        out.seq.load_state_dict(state["seq"])
+        out._seq_source = str(state["seq_source"])
+        out.n_items = int(state["n_items"])
+        out._batches = int(state["batches"])
+        out._stream_score = float(state["stream_score"])
+        out._describe_view()
         out.n_windows = int(state["n_windows"])
         out.steps = int(state["steps"])
         out._fixed_mark = None if int(state["fixed_mark"]) < 0 else int(state["fixed_mark"])

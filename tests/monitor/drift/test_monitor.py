@@ -28,7 +28,7 @@ NAMES = [f"concept{j}" for j in range(C)]
 
 
 def _config(**kw):
-    base = dict(window=WindowConfig(size=500), reference=ReferenceConfig(n_images=4000), drift=DriftConfig(ert=1000))
+    base = dict(window=WindowConfig(size=500), reference=ReferenceConfig(n_images=4000), drift=DriftConfig(ert=500_000))
     base.update(kw)
     return MonitorConfig(**base)
 
@@ -66,7 +66,7 @@ def test_stream_monitor_names_the_planted_concept_and_reports_status():
     assert a.stream == "cam-7" and a.window_start >= batches[0][1][0].timestamp + 600  # after onset
     assert a.reference_end <= a.window_start and "prevalence on cam-7" in a.describe()
     st = mon.status()
-    assert st.n_images == 9000 and st.n_windows == 18 and st.steps == 10
+    assert st.n_images == 9000 and st.n_windows == 18 and st.steps == 20  # one test per batch after the reference
     assert st.current.n_images == 500 and st.reference.n_images == 4000
     assert st.concept_scores.shape == (C,) and st.concept_scores[j] >= st.threshold
     assert st.reference_age_s > 0 and st.reference_age_windows == 10
@@ -202,7 +202,7 @@ def test_switching_reference_mode_keeps_the_fixed_reference():
     assert mon.reference.fixed.n_images == 2000  # accumulated while trailing was in use
     _run(mon, _stream(1000, seed=8))
     st = mon.status()
-    assert st.steps == steps_trailing + 2 and st.reference.n_images == 2000 and st.reference_mode == "fixed"
+    assert st.steps == steps_trailing + 4 and st.reference.n_images == 2000 and st.reference_mode == "fixed"
     mon.set_reference_mode("trailing", trailing_windows=6)
     assert mon.ring.capacity == 7
 
@@ -321,7 +321,7 @@ def test_caption_stream_that_changes_topic_alarms_on_the_new_topics_concepts(min
     assert len(decomposition.kept) == len(unique)
     row_of = {c: i for i, c in enumerate(unique)}
     cfg = MonitorConfig(window=WindowConfig(kind="count", size=100), reference=ReferenceConfig(n_images=300),
-                        drift=DriftConfig(ert=1000, min_count=5), concept_space=dec.concept_space)
+                        drift=DriftConfig(ert=100_000, min_count=5), concept_space=dec.concept_space)
     mon = ConceptMonitor(dec.concept_names, cfg)
     alarms = []
     for lo in range(0, len(captions), 50):
