@@ -70,9 +70,10 @@ class RuleConfig:
 _NOT_DURATIONS = ("exporter_job_regex", "runbook_base", "grafana_url")
 
 # Labels that say which deployment a series comes from. Every aggregation keeps them, so two releases (or clusters,
-# when Prometheus stores a cluster label) never merge into one alert and every alert says where it fired. Missing
-# labels cost nothing: `by (cluster, ...)` over series without a cluster label groups them as before.
-ID_LABELS = ("cluster", "namespace", "job", "instance")
+# when Prometheus stores a cluster label; or batch runs, whose pushes carry run=<job id>) never merge into one alert
+# and every alert says where it fired. Missing labels cost nothing: `by (cluster, ...)` over series without a
+# cluster label groups them as before.
+ID_LABELS = ("cluster", "namespace", "job", "instance", "run")
 ID = ", ".join(ID_LABELS)
 STREAM = f"{ID}, stream"
 CONCEPT = f"{ID}, stream, concept"

@@ -32,6 +32,12 @@ DEAD_LETTER_REASONS: tuple[str, ...] = (
     "bad_embedding",  # NaN, inf or zero-norm embedding
     "bad_record",  # malformed source record (missing payload column, wrong type, ...)
     "solver_failed",  # decomposition raised for this item
+    "bad_timestamp",  # event time missing, unparsable, not finite or outside 1970..2100
+    "bad_path",  # a path payload that is not a regular file, cannot be opened or lies outside the allowed root
+    "payload_too_large",  # a path payload above the size limit
+    "timeout",  # the item was not ready within the batch deadline (a read that hangs)
+    "duplicate",  # an item id already counted (a repeated id in the source)
+    "stream_limit",  # the item's stream is beyond the number of streams tracked (--max-streams)
     "other",
 )
 

@@ -6,6 +6,8 @@ history or gateway URI to a log, a dead letter, the history store or a summary g
 'rediss://monitor:***@redis.data.svc:6380/0?stream=frames&password=***'
 >>> redact_uri("redis://:S3cretPW@127.0.0.1:6379/0")
 'redis://:***@127.0.0.1:6379/0'
+>>> redact_uri("s3://AKIAEXAMPLE:secret@bucket/history")
+'s3://***@bucket/history'
 >>> redact_uri("/data/frames.parquet")
 '/data/frames.parquet'
 >>> redact_text("Error connecting to redis://:S3cretPW@10.0.0.5:6379/0: refused")
@@ -28,6 +30,11 @@ SECRET_QUERY_KEYS = frozenset({
     "x-amz-security-token", "sas", "sv",
 })
 
+# Where the user part is a name worth keeping (a Redis ACL user) and where it is not a credential at all (Azure's
+# abfs://container@account). Everywhere else any userinfo is masked whole.
+_USER_IS_A_NAME = frozenset({"redis", "rediss"})
+_USER_IS_A_CONTAINER = frozenset({"abfs", "abfss"})
+
 # scheme://userinfo@ with a password part (user:pass@ or :pass@); stops at the first '@' after the scheme's '//'.
 _USERINFO = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.\-]*://)(?P<user>[^\s:/@]*):(?P<pw>[^\s/@]*)@")
 _QUERY_SECRET = re.compile(
@@ -36,8 +43,10 @@ _QUERY_SECRET = re.compile(
 
 
 def redact_uri(uri: str) -> str:
-    """``uri`` with any password in its userinfo and any secret-looking query value replaced by ``***``; the user
-    name, host, path and other parameters stay, so the result still says where it points. Non-URIs pass through."""
+    """``uri`` with its credentials replaced by ``***``: the password of a Redis URI (the ACL user name stays), the
+    whole userinfo of any other URI (object stores put an access key id there; Azure's container name stays), and
+    every secret-looking query value. Host, path and other parameters stay, so the result still says where it
+    points. Non-URIs pass through."""
     if not isinstance(uri, str) or "://" not in uri:
         return uri
     try:
@@ -47,8 +56,12 @@ def redact_uri(uri: str) -> str:
     netloc = parts.netloc
     if "@" in netloc:
         userinfo, host = netloc.rsplit("@", 1)
-        if ":" in userinfo:
-            userinfo = userinfo.split(":", 1)[0] + ":" + MASK
+        scheme = parts.scheme.lower()
+        if scheme in _USER_IS_A_NAME:
+            if ":" in userinfo:
+                userinfo = userinfo.split(":", 1)[0] + ":" + MASK
+        elif scheme not in _USER_IS_A_CONTAINER:
+            userinfo = MASK  # object stores and HTTP put an access key id or a login there: mask it all
         netloc = f"{userinfo}@{host}"
     query = parts.query
     if query:

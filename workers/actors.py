@@ -17,6 +17,7 @@ import numpy as np
 
 from monitor.records import Alarm, ItemMeta, SparseCodes, WindowSummary
 from workers.core import DeadLetter, Partial, Worker, WorkerConfig
+from workers.ledger import CommitLedger
 
 __all__ = ["WorkerHost", "AggregatorConfig", "AggregatorCore", "CommitResult", "worker_actor_class",
            "aggregator_actor_class"]
@@ -61,6 +62,7 @@ class AggregatorConfig:
     dead_letter: str | None = None
     keep_alarms: int = 1000
     reference_history: dict[str, Any] | None = None  # {"store", "start", "end"}: load the reference from history
+    recent_ids: int = 65_536  # ids of acknowledged batches remembered to catch repeated ids (bounded memory)
 
 
 @dataclass
@@ -74,16 +76,27 @@ class CommitResult:
     skipped_ids: int = 0
     alarms: list[Alarm] = field(default_factory=list)
     windows_closed: int = 0
+    parked: bool = False  # arrived before an earlier batch: applied (and counted in a later result) once it commits
+
+    def add(self, other: "CommitResult") -> None:
+        """Fold in what applying another batch in the same call did."""
+        self.counted += other.counted
+        self.dead_letters += other.dead_letters
+        self.skipped_ids += other.skipped_ids
+        self.alarms.extend(other.alarms)
+        self.windows_closed += other.windows_closed
 
 
 class AggregatorCore:
     """Commits batch partials exactly once and feeds the monitor, metrics, history and dead-letter sink.
 
     Idempotence: a batch is identified by its source sequence number. A commit of a sequence number that is already
-    committed (a retried commit call) is ignored; items whose id belongs to a batch that is committed but not yet
-    acknowledged at the source (a redelivery that raced the acknowledgement) are skipped. The driver releases a
-    sequence number once the source has acknowledged it, so the ledger holds at most the in-flight batches: memory
-    is bounded by in-flight work, never by the number of items seen.
+    committed (a retried commit call) is ignored. Batches are applied in sequence order (one that commits early
+    waits for the ones before it), so windows do not depend on which worker was slow or died. An item whose id was
+    already counted (in a batch not yet acknowledged, or among the last ``recent_ids`` acknowledged items) is a
+    ``duplicate`` dead letter. The driver releases a sequence number once the source has acknowledged it, so the
+    ledger holds the in-flight batches plus a bounded window of recent ids: memory is bounded by in-flight work and
+    that window, never by the number of items seen.
     """
 
     def __init__(self, config: AggregatorConfig, concept_names: list[str], concept_space: str) -> None:
@@ -97,7 +110,8 @@ class AggregatorCore:
         self.exporter = None
         if config.metrics_port is not None:
             self.metrics, self.exporter = _make_metrics(self.concept_names, config.metrics_port, config.metrics_host,
-                                                        build=(config.encoder or "unknown", concept_space))
+                                                        build=(config.encoder or "unknown", concept_space),
+                                                        max_streams=int(self.monitor.config.max_streams))
         self.history = None
         self._window_day: dict[str, int] = {}  # latest UTC day written per stream (triggers compaction)
         if config.history:
@@ -107,11 +121,7 @@ class AggregatorCore:
         self._fallback_reference: WindowSummary | None = None  # all streams merged, for streams new to history
         if config.reference_history:
             self._load_history_reference(**config.reference_history)
-        # the ledger: committed-not-acknowledged batches and their item ids
-        self._open: dict[int, list[str]] = {}
-        self._open_ids: dict[str, int] = {}
-        self._released_below = 1  # every seq below this is acknowledged (sources number batches from 1)
-        self._released: set[int] = set()  # acknowledged seqs >= _released_below (out of order)
+        self.ledger = CommitLedger(recent_ids=config.recent_ids)
         self.counted = 0
         self.batches = 0
         self.duplicate_batches = 0
@@ -125,32 +135,12 @@ class AggregatorCore:
 
     # -- ledger ---------------------------------------------------------------------------------------------------
 
-    def _seen(self, seq: int) -> bool:
-        return seq < self._released_below or seq in self._released or seq in self._open
-
     def release(self, seqs: list[int] | tuple[int, ...]) -> None:
-        """The source acknowledged these batches: forget their ids."""
-        for seq in seqs:
-            ids = self._open.pop(seq, None)
-            if ids is None:
-                continue
-            for i in ids:
-                if self._open_ids.get(i) == seq:
-                    del self._open_ids[i]
-            self._released.add(seq)
-        while self._released_below in self._released:
-            self._released.discard(self._released_below)
-            self._released_below += 1
-        # the driver acknowledges in commit order, so gaps only come from batches never committed (a batch retried
-        # after the run was told to stop); jump over them rather than let the set grow
-        if len(self._released) > 4096:
-            self._released_below = min(self._released)
-            while self._released_below in self._released:
-                self._released.discard(self._released_below)
-                self._released_below += 1
+        """The source acknowledged these batches: forget their ids (but for the bounded window of recent ones)."""
+        self.ledger.release(seqs)
 
     def ledger_size(self) -> int:
-        return len(self._open_ids) + len(self._released) + len(self._open)
+        return self.ledger.size()
 
     # -- commit ---------------------------------------------------------------------------------------------------
 
@@ -165,24 +155,47 @@ class AggregatorCore:
             self.release(released)
         if queue_depth is not None and self.metrics is not None:
             self.metrics.set_queue_depth(queue_depth)
-        if self._seen(seq):
+        if self.ledger.seen(seq):
             self.duplicate_batches += 1
             return CommitResult(seq=seq, duplicate=True)
-        ids: list[str] = []
+        # Batches are applied in source order, whatever order their commits arrive in: a batch retried after a
+        # worker died commits late, and applying it late would put its items in a later count window than a run
+        # without the fault (identical runs must give identical windows and alarms). Early ones wait in the ledger;
+        # at most the driver's in-flight batches do.
+        result = CommitResult(seq=seq, parked=seq != self.ledger.next_seq)
+        for ready, (part, latency) in self.ledger.arrive(seq, (partial, latency_s)):
+            try:
+                result.add(self._apply_batch(ready, part, latency))
+            except Exception:
+                self.ledger.abandon(ready)  # e.g. the dead-letter sink failed, before any state changed
+                raise
+        return result
+
+    def _apply_batch(self, seq: int, partial: Partial, latency_s: float | None) -> CommitResult:
         rows: list[int] = []
         in_batch: set[str] = set()
+        dead: list[DeadLetter] = []
+
+        def duplicate(item_id: str, stream: str, timestamp: float, ref: str) -> DeadLetter | None:
+            # a repeated id is a dead letter with reason "duplicate", so that sent = counted + dead letters
+            first = None if item_id in in_batch else self.ledger.counted_in(item_id)
+            if item_id not in in_batch and first is None:
+                in_batch.add(item_id)
+                return None
+            where = "earlier in the same batch" if first is None else f"in batch {first}"
+            return DeadLetter(item_id=item_id, stream=stream, timestamp=float(timestamp), reason="duplicate",
+                              detail=f"id {item_id!r} was already counted {where}", ref=ref)
+
         for r, meta in enumerate(partial.items):
-            if meta.id in self._open_ids or meta.id in in_batch:
-                continue
-            in_batch.add(meta.id)
-            rows.append(r)
-        dead = []
+            letter = duplicate(meta.id, meta.stream, meta.timestamp, "")
+            if letter is None:
+                rows.append(r)
+            else:
+                dead.append(letter)
         for d in partial.dead_letters:
-            if d.item_id in self._open_ids or d.item_id in in_batch:
-                continue
-            in_batch.add(d.item_id)
-            dead.append(d)
-        skipped = len(partial.items) + len(partial.dead_letters) - len(rows) - len(dead)
+            letter = duplicate(d.item_id, d.stream, d.timestamp, d.ref)
+            dead.append(d if letter is None else letter)
+        skipped = sum(1 for d in dead if d.reason == "duplicate")
         ids = list(in_batch)
         # Stream capacity is checked before any state changes: the monitor and the metrics each refuse a stream past
         # their max_streams, and a refusal half-way through applying a batch would leave it counted but not
@@ -190,20 +203,19 @@ class AggregatorCore:
         rows, over = self._within_stream_limit(partial, rows, dead)
         dead += over
         result = CommitResult(seq=seq, counted=len(rows), dead_letters=len(dead), skipped_ids=skipped)
+        if dead:
+            # first, before any state changes: a sink that fails (after its retries) fails this commit cleanly, the
+            # batch is not acknowledged, and nothing of it has been counted
+            self.sink.write(dead)
         if rows:
             codes = partial.codes if len(rows) == len(partial.items) else partial.codes.take(rows)
             items = partial.items if len(rows) == len(partial.items) else [partial.items[r] for r in rows]
             result.alarms = self._apply(codes, items, latency_s)
-        if dead:
-            self.sink.write(dead)
-            if self.metrics is not None:
-                for (stream, reason), n in Counter((d.stream, d.reason) for d in dead).items():
-                    if self.metrics.can_accept(stream):  # an over-limit stream is counted in the sink only
-                        self.metrics.observe_dead_letter(stream, reason, n=n)
+        if dead and self.metrics is not None:  # after the rows, which hold their stream slots already
+            for (stream, reason), n in Counter((d.stream, d.reason) for d in dead).items():
+                self.metrics.observe_dead_letter(stream, reason, n=n)  # refused streams: one shared label
         result.windows_closed = self._drain_windows()
-        self._open[seq] = ids
-        for i in ids:
-            self._open_ids[i] = seq
+        self.ledger.record(seq, ids)
         self.counted += len(rows)
         self.batches += 1
         self.skipped_ids += skipped
@@ -249,9 +261,10 @@ class AggregatorCore:
                 kept.append(r)
             else:
                 over.append(DeadLetter(
-                    item_id=meta.id, stream=meta.stream, timestamp=float(meta.timestamp), reason="bad_record",
-                    detail=f"stream {meta.stream!r} is beyond the limit of {limit} streams ({setting}); raise it if "
-                           f"this many streams are intended", ref=str(getattr(meta, "ref", "") or "")))
+                    item_id=meta.id, stream=meta.stream, timestamp=float(meta.timestamp), reason="stream_limit",
+                    detail=f"stream {meta.stream!r} is beyond the limit of {limit} streams ({setting}); raise it "
+                           f"(--max-streams) if this many streams are intended",
+                    ref=str(getattr(meta, "ref", "") or "")))
         return kept, over
 
     # -- reference from the history store -------------------------------------------------------------------------
@@ -357,11 +370,14 @@ class AggregatorCore:
 
     def flush(self) -> list[Alarm]:
         """Close every open window (end of a finite source or shutdown) and return the alarms that fired."""
+        parked: list[Alarm] = []
+        for seq, (part, latency) in self.ledger.drain():  # a gap never filled (a batch given up on): keep order
+            parked += self._apply_batch(seq, part, latency).alarms
         alarms = list(self.monitor.flush() or [])
         self._drain_windows()
         self._note_alarms(alarms)
         self.sink.flush()
-        return alarms
+        return parked + alarms
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -491,9 +507,10 @@ def _status(monitor, stream: str) -> dict[str, Any]:
     }
 
 
-def _make_metrics(concept_names: list[str], port: int | None, host: str, build: tuple[str, str] = ("unknown", "")):
-    """MonitorMetrics, build info and the process collectors on a private registry, served over HTTP by the exporter
-    (port 0 picks a free port; None: not served)."""
+def _make_metrics(concept_names: list[str], port: int | None, host: str, build: tuple[str, str] = ("unknown", ""),
+                  *, max_streams: int | None = None):
+    """MonitorMetrics (tracking at most ``max_streams`` streams), build info and the process collectors on a private
+    registry, served over HTTP by the exporter (port 0 picks a free port; None: not served)."""
     from prometheus_client import CollectorRegistry
 
     from monitor.metrics.exporter import MetricsExporter
@@ -501,7 +518,8 @@ def _make_metrics(concept_names: list[str], port: int | None, host: str, build: 
     from monitor.metrics.runtime import BuildInfo, register_runtime_collectors
 
     registry = CollectorRegistry()
-    metrics = MonitorMetrics(concept_names, registry=registry)
+    kwargs = {} if max_streams is None else {"max_streams": int(max_streams)}
+    metrics = MonitorMetrics(concept_names, registry=registry, **kwargs)
     encoder, space = build
     BuildInfo(encoder=encoder, concept_space=space or "unknown", registry=registry)
     register_runtime_collectors(registry)

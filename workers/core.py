@@ -92,6 +92,9 @@ class WorkerConfig:
     torch_threads: int = 0  # 0: leave torch's default
     device_decode: str = "auto"  # decode JPEGs on the encoder's device: "auto" (on for CUDA), "on", "off"
     solver: str = "lasso"  # "off": random codes instead of solving (control-plane benchmarks only)
+    max_payload_bytes: int = 64 * 1024 * 1024  # a path payload above this is dead-lettered (payload_too_large)
+    path_root: str | None = None  # path payloads must resolve under this directory (None: anywhere)
+    batch_timeout_s: float = 300.0  # items not decoded by then are dead-lettered (timeout); 0: no limit
 
     def __post_init__(self) -> None:
         if not (self.l1 >= 0 and math.isfinite(self.l1)):
@@ -104,6 +107,10 @@ class WorkerConfig:
             raise ConfigError(f"decode_threads must be >= 0, got {self.decode_threads!r}")
         if self.device_decode not in ("auto", "on", "off"):
             raise ConfigError(f"device_decode must be 'auto', 'on' or 'off', got {self.device_decode!r}")
+        if self.max_payload_bytes < 1:
+            raise ConfigError(f"max_payload_bytes must be >= 1, got {self.max_payload_bytes!r}")
+        if not (self.batch_timeout_s >= 0 and math.isfinite(self.batch_timeout_s)):
+            raise ConfigError(f"batch_timeout_s must be a finite number >= 0, got {self.batch_timeout_s!r}")
 
     def decomposer_kwargs(self) -> dict[str, Any]:
         return dict(
@@ -129,7 +136,9 @@ class Worker:
     """
 
     def __init__(self, encoder: Any, decomposer: Any, *, max_pixels: int = DEFAULT_MAX_PIXELS,
-                 decode_threads: int = 0, encode_batch: int = 64, device_decode: str = "auto") -> None:
+                 decode_threads: int = 0, encode_batch: int = 64, device_decode: str = "auto",
+                 max_payload_bytes: int = 64 * 1024 * 1024, path_root: str | None = None,
+                 batch_timeout_s: float = 300.0) -> None:
         enc_dim = int(getattr(encoder, "dim"))
         space = getattr(decomposer, "dim", None)
         if space is not None and int(space) != enc_dim:
@@ -138,6 +147,9 @@ class Worker:
         self.decomposer = decomposer
         self.max_pixels = int(max_pixels)
         self.encode_batch = int(encode_batch)
+        self.max_payload_bytes = int(max_payload_bytes)
+        self.path_root = path_root
+        self.batch_timeout_s = float(batch_timeout_s)
         threads = decode_threads or min(4, os.cpu_count() or 1)
         self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="decode")
         device = getattr(encoder, "device", None)
@@ -159,7 +171,9 @@ class Worker:
 
         encoder, decomposer = create_decomposer(**config.decomposer_kwargs())
         return cls(encoder, decomposer, max_pixels=config.max_pixels, decode_threads=config.decode_threads,
-                   encode_batch=config.encode_batch, device_decode=config.device_decode)
+                   encode_batch=config.encode_batch, device_decode=config.device_decode,
+                   max_payload_bytes=config.max_payload_bytes, path_root=config.path_root,
+                   batch_timeout_s=config.batch_timeout_s)
 
     @property
     def concept_names(self) -> list[str]:
@@ -178,12 +192,10 @@ class Worker:
         from monitor.concepts.images import decode_image
 
         payload = item.payload
-        if isinstance(payload, str):  # a path column / path field: read it here, on the worker
-            try:
-                with open(payload, "rb") as fh:
-                    payload = fh.read()
-            except OSError as exc:
-                raise BadInput("bad_record", f"cannot read image path {item.payload!r}: {exc}") from None
+        if isinstance(payload, str):  # a path column / path field: read it here, on the worker, with limits
+            from workers.sources.paths import read_path_payload
+
+            payload = read_path_payload(payload, max_bytes=self.max_payload_bytes, root=self.path_root)
         if not isinstance(payload, (bytes, bytearray, memoryview)):
             raise BadInput("bad_record", f"image payload must be bytes, got {type(payload).__name__}")
         image = decode_image(bytes(payload), max_pixels=self.max_pixels)
@@ -272,8 +284,9 @@ class Worker:
         for i in range(0, len(on_device), self.encode_batch):  # JPEGs already decoded on the device
             flush(on_device[i:i + self.encode_batch])
         td = time.perf_counter()
+        deadline = None if not self.batch_timeout_s else time.monotonic() + self.batch_timeout_s
         for i, item in enumerate(items):
-            x = prepared[i] if prepared is not None else futures[i].result()
+            x = prepared[i] if prepared is not None else _result_by(futures[i], deadline, self.batch_timeout_s)
             if isinstance(x, BadInput):
                 dead.append(_dead(item, x.reason, x.detail))
                 continue
@@ -446,6 +459,18 @@ def _tensor_preprocess(image, plan: dict):
     x = TF.center_crop(x, plan["crop"])
     x = x.float().div_(255.0)
     return TF.normalize(x, plan["mean"], plan["std"])
+
+
+def _result_by(future, deadline: float | None, timeout_s: float):
+    """The prepared item, or a ``timeout`` BadInput when it is not ready by ``deadline`` (a read that hangs on a
+    network file system must not hold the whole batch, and with it the stream, forever)."""
+    from concurrent.futures import TimeoutError as FutureTimeout
+
+    try:
+        return future.result(timeout=None if deadline is None else max(0.0, deadline - time.monotonic()))
+    except FutureTimeout:
+        future.cancel()
+        return BadInput("timeout", f"not decoded within the batch deadline of {timeout_s:g} s")
 
 
 def _dead(item: WorkItem, reason: str, detail: str) -> DeadLetter:

@@ -1,8 +1,9 @@
 """Dead-letter sinks: where items that cannot be processed go, with their reason, so the stream goes on.
 
 ``redis://host:port/db?stream=deadletters`` appends entries to a Redis stream; ``parquet:///dir`` (or a plain path)
-writes Parquet part files atomically (temp file + rename) into a directory; no URI keeps only counts and the last
-few letters in memory for the run summary.
+writes Parquet part files atomically (temp file + fsync + rename) into a directory; no URI keeps only counts and the
+last few letters in memory for the run summary. ``write`` returns only once its letters are durable (or raises), so
+the source can acknowledge the batch that produced them right after.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from pathlib import Path
 from typing import Iterable
 
 from monitor.atomic import atomic_write_bytes
-from monitor.errors import ConfigError
+from monitor.errors import ConfigError, PipelineError
 from monitor.uris import redact_text, redact_uri
 from workers.core import DeadLetter
 
@@ -60,69 +61,95 @@ class MemorySink(DeadLetterSink):
 
 
 class ParquetSink(DeadLetterSink):
-    """Parquet part files in a directory; letters are buffered and written every ``flush_every`` letters or on flush.
+    """Parquet part files in a directory, one per ``write`` (the aggregator writes once per committed batch).
 
-    Each part is written to a hidden temp file and renamed into place, so a reader never sees half a file.
+    Nothing is buffered: when ``write`` returns, the letters are in a complete file that has been fsynced and renamed
+    into place (and the directory entry synced), so the source may acknowledge the batch that produced them. Each
+    part is written to a hidden temp file first, so a reader never sees half a file.
     """
 
-    def __init__(self, path: str, *, flush_every: int = 1000, keep: int = 20) -> None:
+    def __init__(self, path: str, *, keep: int = 20) -> None:
         super().__init__(keep=keep)
         self.root = Path(path)
         if self.root.suffix.lower() == ".parquet":
             raise ConfigError(f"parquet dead-letter sink takes a directory (part files are added to it), got "
                               f"{path!r}; use e.g. parquet://{self.root.with_suffix('')}")
         self.root.mkdir(parents=True, exist_ok=True)
-        self.flush_every = int(flush_every)
-        self._buffer: list[DeadLetter] = []
         self._run = f"{int(time.time())}-{uuid.uuid4().hex[:8]}"
         self._part = 0
 
     def _persist(self, letters: list[DeadLetter]) -> None:
-        self._buffer.extend(letters)
-        if len(self._buffer) >= self.flush_every:
-            self.flush()
-
-    def flush(self) -> None:
-        if not self._buffer:
-            return
         import pyarrow as pa
         import pyarrow.parquet as pq
 
         table = pa.table({
-            "item_id": pa.array([d.item_id for d in self._buffer], pa.string()),
-            "stream": pa.array([d.stream for d in self._buffer], pa.string()),
-            "timestamp": pa.array([d.timestamp for d in self._buffer], pa.float64()),
-            "reason": pa.array([d.reason for d in self._buffer], pa.string()),
-            "detail": pa.array([d.detail for d in self._buffer], pa.string()),
-            "ref": pa.array([d.ref for d in self._buffer], pa.string()),
-            "written_at": pa.array([time.time()] * len(self._buffer), pa.float64()),
+            "item_id": pa.array([d.item_id for d in letters], pa.string()),
+            "stream": pa.array([d.stream for d in letters], pa.string()),
+            "timestamp": pa.array([d.timestamp for d in letters], pa.float64()),
+            "reason": pa.array([d.reason for d in letters], pa.string()),
+            "detail": pa.array([d.detail for d in letters], pa.string()),
+            "ref": pa.array([d.ref for d in letters], pa.string()),
+            "written_at": pa.array([time.time()] * len(letters), pa.float64()),
         })
         final = self.root / f"deadletters-{self._run}-{self._part:06d}.parquet"
-        sink = pa.BufferOutputStream()
-        pq.write_table(table, sink)
-        atomic_write_bytes(final, sink.getvalue())
+        buffer = pa.BufferOutputStream()
+        pq.write_table(table, buffer)
+        try:
+            # fsync of the file and of the directory entry: the part must survive a power cut before the source
+            # acknowledges the batch
+            atomic_write_bytes(final, buffer.getvalue())
+        except OSError as exc:
+            raise PipelineError(f"dead-letter sink {self.root}: cannot write {len(letters)} letter(s) "
+                                f"({type(exc).__name__}: {exc}); the batch is not acknowledged") from exc
         self._part += 1
-        self._buffer = []
 
 
 class RedisSink(DeadLetterSink):
-    """XADD each letter to a Redis stream (capped at ``maxlen`` entries, approximately)."""
+    """XADD each letter to a Redis stream (capped at ``maxlen`` entries, approximately).
 
-    def __init__(self, url: str, *, stream: str = "splice:deadletters", maxlen: int = 1_000_000, keep: int = 20):
+    A batch's letters go in one MULTI/EXEC transaction, so a retry never leaves half of them behind. When Redis
+    cannot be reached the write is retried ``retries`` times with exponential backoff (``backoff_s`` doubling, at
+    most ``max_backoff_s`` per wait) and then fails with a :class:`PipelineError` naming the sink: the batch that
+    produced the letters is then not acknowledged, so nothing acknowledged is lost and the next run delivers it
+    again.
+    """
+
+    def __init__(self, url: str, *, stream: str = "splice:deadletters", maxlen: int = 1_000_000, keep: int = 20,
+                 retries: int = 6, backoff_s: float = 0.2, max_backoff_s: float = 5.0, timeout_s: float = 5.0):
         super().__init__(keep=keep)
         from workers.redisconn import connect
 
-        self.client = connect(url)
+        self.client = connect(url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s)
         self.key = stream
         self.maxlen = int(maxlen)
+        self.retries = int(retries)
+        self.backoff_s = float(backoff_s)
+        self.max_backoff_s = float(max_backoff_s)
+        self.where = redact_uri(url)  # no password in messages
 
     def _persist(self, letters: list[DeadLetter]) -> None:
-        pipe = self.client.pipeline(transaction=False)
-        for d in letters:
-            pipe.xadd(self.key, {"item_id": d.item_id, "stream": d.stream, "timestamp": repr(d.timestamp),
-                                 "reason": d.reason, "detail": d.detail[:2000], "ref": d.ref},
-                      maxlen=self.maxlen, approximate=True)
-        pipe.execute()
+        import redis
+
+        t0 = time.monotonic()
+        wait = self.backoff_s
+        for attempt in range(self.retries + 1):
+            try:
+                pipe = self.client.pipeline(transaction=True)
+                for d in letters:
+                    pipe.xadd(self.key, {"item_id": d.item_id, "stream": d.stream, "timestamp": repr(d.timestamp),
+                                         "reason": d.reason, "detail": d.detail[:2000], "ref": d.ref},
+                              maxlen=self.maxlen, approximate=True)
+                pipe.execute()
+                return
+            except (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError) as exc:
+                last = exc
+            if attempt < self.retries:
+                time.sleep(wait)
+                wait = min(wait * 2, self.max_backoff_s)
+        raise PipelineError(
+            f"dead-letter sink {self.where} stream {self.key!r} unreachable: {self.retries + 1} tries over "
+            f"{time.monotonic() - t0:.1f} s failed ({type(last).__name__}: {str(last).splitlines()[0][:160]}); "
+            f"the batch is not acknowledged and will be delivered again") from last
 
     def close(self) -> None:
         try:
@@ -139,16 +166,26 @@ def open_sink(uri: str | None, **kwargs) -> DeadLetterSink:
 
     scheme, path, options, parsed = parse_uri(uri)
     if scheme in ("redis", "rediss"):
-        unknown = sorted(set(options) - {"stream", "maxlen"})
+        allowed = ["maxlen", "retries", "stream"]
+        unknown = sorted(set(options) - set(allowed))
         if unknown:
-            raise ConfigError(f"unknown redis dead-letter option(s) {unknown}; allowed: ['maxlen', 'stream']")
+            raise ConfigError(f"unknown redis dead-letter option(s) {unknown}; allowed: {allowed}")
+        numbers = {}
+        for name, default in (("maxlen", 1_000_000), ("retries", 6)):
+            try:
+                numbers[name] = int(options.get(name, default))
+            except ValueError:
+                raise ConfigError(f"redis dead-letter option {name} must be an integer, got "
+                                  f"{options[name]!r}") from None
+            if numbers[name] < 0:
+                raise ConfigError(f"redis dead-letter option {name} must be >= 0, got {numbers[name]}")
         return RedisSink(f"{scheme}://{parsed.netloc}{parsed.path}", stream=options.get("stream") or
-                         "splice:deadletters", maxlen=int(options.get("maxlen", 1_000_000)), **kwargs)
+                         "splice:deadletters", **numbers, **kwargs)
     if scheme in ("parquet", "dir"):
-        unknown = sorted(set(options) - {"flush_every"})
-        if unknown:
-            raise ConfigError(f"unknown parquet dead-letter option(s) {unknown}; allowed: ['flush_every']")
-        return ParquetSink(path, flush_every=int(options.get("flush_every", 1000)), **kwargs)
+        if options:
+            raise ConfigError(f"parquet dead-letter sink takes no options, got {sorted(options)} (letters are "
+                              f"written durably with each committed batch; there is no buffer to size)")
+        return ParquetSink(path, **kwargs)
     raise ConfigError("dead-letter URI scheme must be redis or parquet (or a directory path), "
                       f"got {redact_uri(uri)!r}")
 

@@ -17,7 +17,7 @@ from collections import Counter, deque
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable
 
-from monitor.errors import ConfigError
+from monitor.errors import ConfigError, SpliceError
 from monitor.records import Alarm
 from monitor.uris import redact_text, redact_uri
 from workers.core import WorkerConfig
@@ -113,6 +113,7 @@ class RunSummary:
     alarms_resolved: int = 0  # of alarm_count: resolutions; the rest fired
     pushed_to: str | None = None  # the Pushgateway the final metrics went to
     push_error: str | None = None  # why the push failed (the run itself completed)
+    duplicates: int = 0  # items whose id was already counted (dead-lettered as "duplicate"; not in dead_letters)
 
     @property
     def dead_letters_total(self) -> int:
@@ -120,13 +121,14 @@ class RunSummary:
 
     @property
     def items_per_s(self) -> float:
-        return (self.images + self.dead_letters_total) / max(self.elapsed_s, 1e-9)
+        return (self.images + self.dead_letters_total + self.duplicates) / max(self.elapsed_s, 1e-9)
 
     def as_dict(self) -> dict[str, Any]:
         return {
             "images": self.images,
             "dead_letters": self.dead_letters,
             "dead_letters_total": self.dead_letters_total,
+            "duplicates": self.duplicates,
             "alarms": self.alarm_count,
             "alarms_fired": self.alarm_count - self.alarms_resolved,
             "alarms_resolved": self.alarms_resolved,
@@ -147,6 +149,7 @@ class RunSummary:
         lines = [
             f"images counted: {self.images}",
             f"dead letters:   {self.dead_letters_total} ({dl})",
+            f"duplicates:     {self.duplicates}",
             f"alarms:         {self.alarm_count - self.alarms_resolved} fired, {self.alarms_resolved} resolved",
             f"windows closed: {self.windows_closed}",
             f"batches:        {self.batches} (retried {self.retries}, worker failures {self.worker_failures})",
@@ -338,6 +341,9 @@ def run_pipeline(
                     result = ray.get(ref)
                 except Exception as exc:  # the worker (or the aggregator) failed on this batch
                     if not _failed(flight.proc_ref):
+                        cause = getattr(exc, "cause", None)  # the typed error raised inside the aggregator
+                        if isinstance(cause, SpliceError):
+                            raise cause from None
                         raise PipelineError(f"the aggregator failed committing batch {seq}: {_short(exc)}") from exc
                     if flight.attempts >= config.max_attempts:
                         raise PipelineError(f"batch {seq} failed {flight.attempts} times; last error: "
@@ -381,11 +387,14 @@ def run_pipeline(
                 pushed_to = redact_uri(config.pushgateway)
             except Exception as exc:  # the windows and history are written; report the failed push, do not lose them
                 push_error = redact_text(_short(exc))
+        dead_letters = dict(summary["dead_letters"])
+        duplicates = int(dead_letters.pop("duplicate", 0))
         alarms = ray.get(aggregator.recent_alarms.remote(1000))
         ray.get(aggregator.close.remote())
         return RunSummary(
             images=summary["images"],
-            dead_letters=summary["dead_letters"],
+            dead_letters=dead_letters,
+            duplicates=duplicates,
             alarms=alarms,
             alarm_count=summary["alarms"],
             windows_closed=summary["windows_closed"],

@@ -24,11 +24,12 @@ def password_from_env(environ=None) -> str | None:
     return None
 
 
-def connect(url: str, environ=None):
-    """``redis.Redis`` for ``url``; a password in the URI wins over the environment."""
+def connect(url: str, environ=None, **options):
+    """``redis.Redis`` for ``url``; a password in the URI wins over the environment. ``options`` go to redis-py
+    (e.g. socket timeouts)."""
     import redis
 
-    kwargs = {}
+    kwargs = dict(options)
     parts = urlsplit(url)
     if not (parts.password and unquote(parts.password)):
         password = password_from_env(environ)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from monitor.cli.decompose import add_model_arguments, cli_warnings, collect_inputs
+from monitor.cli.decompose import add_model_arguments, collect_inputs
 
 
 def register(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -30,17 +30,6 @@ def register(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    from monitor.errors import ConfigError
-
-    try:
-        with cli_warnings():
-            return _run(args)
-    except ConfigError as exc:
-        print(f"splice-monitor calibrate: {exc}", file=sys.stderr)
-        return 2
-
-
-def _run(args: argparse.Namespace) -> int:
     import torch
 
     from monitor.concepts.dictionary import MeanAccumulator, save_mean
@@ -68,7 +57,7 @@ def _run(args: argparse.Namespace) -> int:
     if args.limit is not None:
         items = items[: args.limit]
     encoder = create_encoder(args.model, args.pretrained, device=args.device, batch_size=args.batch_size,
-                             precision=args.precision)
+                             precision=args.precision, progress=not args.quiet)
     if modality == "image" and not encoder.supports_images:
         raise ConfigError(f"--model {args.model} encodes texts only; it cannot calibrate on images")
     max_pixels = args.max_pixels or DEFAULT_MAX_PIXELS
@@ -78,7 +67,7 @@ def _run(args: argparse.Namespace) -> int:
     if saw_dir or len(items) > args.batch_size:
         from tqdm import tqdm
 
-        progress = tqdm(total=len(items), unit=modality, file=sys.stderr, disable=None)
+        progress = tqdm(total=len(items), unit=modality, file=sys.stderr, disable=True if args.quiet else None)
     for lo in range(0, len(items), args.batch_size):
         chunk = items[lo : lo + args.batch_size]
         if modality == "text":
@@ -107,6 +96,24 @@ def _run(args: argparse.Namespace) -> int:
         f"wrote {modality} mean of {acc.n} embeddings ({n_bad} skipped) to {path} "
         f"[encoder {encoder.id}, dim {mean.shape[0]}, |mean| = {float((mean ** 2).sum() ** 0.5):.4f}]"
     )
+    if modality == "image":
+        _compare_with_published(args, mean)
     print(f"use it with: splice-monitor decompose --model {args.model}"
           + (f" --pretrained {args.pretrained}" if args.pretrained else "") + f" --mean {path} ...")
     return 0
+
+
+def _compare_with_published(args: argparse.Namespace, mean) -> None:
+    """When SpLiCE publishes a mean for these weights, say how close the user's own one is: both are means of
+    L2-normalised image embeddings, so their cosine tells how far this data sits from the reference's."""
+    import numpy as np
+
+    from monitor.concepts.published import load_published_mean, published_mean
+
+    spec = published_mean(args.model, args.pretrained)
+    if spec is None or spec.dim != mean.shape[0]:
+        return
+    ref = load_published_mean(spec)
+    cos = float(np.dot(ref, mean) / (np.linalg.norm(ref) * np.linalg.norm(mean)))
+    print(f"SpLiCE's published mean for {spec.weights} ({spec.file}, |mean| = {float(np.linalg.norm(ref)):.4f}) "
+          f"has cosine {cos:.4f} with yours; without --mean, decompose uses the published one")

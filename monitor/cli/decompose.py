@@ -10,10 +10,8 @@ Bad items are reported one by one and the rest goes on. Exit status: 0 when at l
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import sys
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -40,6 +38,18 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-pixels", type=int, default=None,
                         help="reject images with more pixels than this as decompression bombs (default: PIL's limit)")
     parser.add_argument("--text", action="store_true", help="treat every INPUT as a caption")
+    parser.add_argument("-q", "--quiet", action="store_true",
+                        help="no progress bars or notices on stderr (bars are drawn only on a terminal anyway)")
+
+
+def add_vocab_arguments(parser: argparse.ArgumentParser) -> None:
+    """--vocab/--vocab-size, shared by decompose and vocab show."""
+    parser.add_argument("--vocab", default=None, metavar="NAME_OR_FILE",
+                        help="laion, laion-bigrams or mscoco (SpLiCE's own vocabularies), builtin (this project's "
+                             "10,000 English words), or a file with one concept per line (default: builtin)")
+    parser.add_argument("--vocab-size", type=int, default=None, metavar="N",
+                        help="use the last N lines of a SpLiCE vocabulary, as the reference does (default 10,000; "
+                             "15,000 for laion-bigrams) or the first N builtin words")
 
 
 def register(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -51,11 +61,12 @@ def register(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     )
     parser.add_argument("inputs", nargs="+", metavar="IMAGE_OR_TEXT_OR_DIR")
     add_model_arguments(parser)
-    parser.add_argument("--vocab", default=None, help="vocabulary file (default: the built-in 10,000 words)")
+    add_vocab_arguments(parser)
     parser.add_argument("--template", default=None, help="prompt template for concepts, e.g. 'a photo of {}'")
     parser.add_argument("--mean", default=None,
-                        help="modality mean from `splice-monitor calibrate` (default: vocabulary text mean for "
-                             "captions, zero for images; warns)")
+                        help="modality mean from `splice-monitor calibrate` (default: the vocabulary's text mean "
+                             "for captions; for images SpLiCE's published mean when the model and weights have one, "
+                             "else zero, which warns)")
     sparsity = parser.add_mutually_exclusive_group()
     sparsity.add_argument("--l1", type=float, default=0.25, help="lasso penalty (default 0.25)")
     sparsity.add_argument("--target-l0", type=int, default=None, help="pick the penalty per input to get N concepts")
@@ -66,19 +77,6 @@ def register(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     parser.add_argument("--strict", action="store_true", help="exit 1 if any input failed")
     parser.set_defaults(func=run)
     return parser
-
-
-@contextlib.contextmanager
-def cli_warnings():
-    """Show warnings as one plain "warning: ..." line on stderr instead of Python's file:line format."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("default")
-
-        def show(message, category, filename, lineno, file=None, line=None):
-            print(f"warning: {message}", file=sys.stderr)
-
-        warnings.showwarning = show
-        yield
 
 
 def collect_inputs(args_inputs: list[str], *, text: bool) -> tuple[list[InputItem], bool]:
@@ -122,17 +120,6 @@ def _caption_file(path: Path) -> Iterator[InputItem]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from monitor.errors import ConfigError
-
-    try:
-        with cli_warnings():
-            return _run(args)
-    except ConfigError as exc:
-        print(f"splice-monitor decompose: {exc}", file=sys.stderr)
-        return 2
-
-
-def _run(args: argparse.Namespace) -> int:
     import torch
 
     from monitor.errors import BadInput, ConfigError
@@ -147,14 +134,16 @@ def _run(args: argparse.Namespace) -> int:
     if mean is None and kinds <= {"text", "missing"}:
         mean = "vocab"  # captions only: the vocabulary's text mean is the text-side centring (create_decomposer warns)
     encoder, decomposer = create_decomposer(
-        args.model, args.pretrained, vocab=args.vocab, template=args.template, mean=mean, l1=args.l1,
-        target_l0=args.target_l0, device=args.device, cache_dir=args.cache_dir, batch_size=args.batch_size,
-        precision=args.precision,
+        args.model, args.pretrained, vocab=args.vocab, vocab_size=args.vocab_size, template=args.template,
+        mean=mean, l1=args.l1, target_l0=args.target_l0, device=args.device, cache_dir=args.cache_dir,
+        batch_size=args.batch_size, precision=args.precision, progress=not args.quiet,
     )
     if mean == "vocab" and args.mean is None:
         from monitor.concepts.decomposer import warn_uncalibrated
 
         warn_uncalibrated(decomposer.concept_space, "the vocabulary's text mean")
+    if not args.quiet and decomposer.mean_source and decomposer.mean_source.startswith("SpLiCE's published"):
+        print(f"mean: {decomposer.mean_source}; pass --mean to use your own", file=sys.stderr)
     if "image" in kinds and not encoder.supports_images:
         raise ConfigError(
             f"--model {args.model} encodes texts only, but image inputs were given "
@@ -176,7 +165,7 @@ def _run(args: argparse.Namespace) -> int:
     if saw_dir:
         from tqdm import tqdm
 
-        progress = tqdm(total=len(items), unit="input", file=sys.stderr, disable=None)
+        progress = tqdm(total=len(items), unit="input", file=sys.stderr, disable=True if args.quiet else None)
     for lo in range(0, len(items), args.batch_size):
         chunk = items[lo : lo + args.batch_size]
         ready: list[InputItem] = []
@@ -221,7 +210,7 @@ def _run(args: argparse.Namespace) -> int:
     if progress is not None:
         progress.close()
     total = n_ok + n_bad
-    if n_bad or total > 1:
+    if n_bad or (total > 1 and not args.quiet):
         print(f"decomposed {n_ok} of {total} inputs ({n_bad} failed)", file=sys.stderr)
     if n_ok == 0 or (args.strict and n_bad):
         return 1

@@ -11,6 +11,8 @@ import sys
 from typing import Any
 
 DEFAULT_STORE = os.environ.get("SPLICE_MONITOR_HISTORY", "history")
+# monitor.history.analysis.GRANULARITIES, spelled out so that --help does not import pyarrow (a test keeps them equal)
+GRANULARITY_CHOICES = ("1m", "5m", "15m", "1h", "6h", "1d", "1w", "hour", "day", "week")
 
 
 def register(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -61,7 +63,8 @@ def register(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
     p = actions.add_parser("trend", parents=[common, fmt, sel], help="prevalence/activation of concepts over time")
     p.add_argument("concepts", nargs="+", metavar="CONCEPT", help="concept names (or ids)")
-    p.add_argument("--granularity", choices=("hour", "day", "week"), default="day")
+    p.add_argument("--granularity", choices=GRANULARITY_CHOICES, default="day", metavar="BUCKET",
+                   help="bucket width: 1m, 5m, 15m, 1h, 6h, 1d, 1w (or hour, day, week; default day)")
     p.add_argument("--metric", choices=("prevalence", "activation"), default="prevalence", help="metric to plot")
     p.add_argument("--plot", metavar="OUT.png", help="also write a line chart PNG")
     p.set_defaults(func=_run_trend)
@@ -80,7 +83,9 @@ def register(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     _baseline_args(p)
     p.add_argument("-o", "--output", required=True, metavar="REPORT.html", help="where to write the report")
     p.add_argument("--top", type=int, default=15, help="concepts per direction (default 15)")
-    p.add_argument("--granularity", choices=("hour", "day", "week"), help="trend buckets (default: by span)")
+    p.add_argument("--granularity", choices=GRANULARITY_CHOICES, metavar="BUCKET",
+                   help="trend bucket: 1m, 5m, 15m, 1h, 6h, 1d, 1w (default: the finest giving at most 60 points "
+                        "over baseline and current range)")
     p.add_argument("--alpha", type=float, default=0.05, help="false discovery rate level (default 0.05)")
     p.set_defaults(func=_run_report)
 

@@ -13,7 +13,9 @@ configuration error (:class:`~monitor.errors.ConfigError`, :class:`~monitor.erro
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
+import warnings
 from importlib import import_module
 from importlib.metadata import entry_points
 
@@ -34,13 +36,21 @@ def command_modules() -> dict[str, str]:
     return found
 
 
+class Parser(argparse.ArgumentParser):
+    """An ArgumentParser that never accepts an abbreviated option (``--top`` silently meaning ``--top-concepts``).
+    ``add_subparsers`` builds subcommand parsers with the parent's class, so every level inherits this."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from monitor import __version__
 
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="splice-monitor",
         description="Monitor distribution shift in image and caption streams as sparse word-concept mixtures.",
-        allow_abbrev=False,
     )
     parser.add_argument("--version", action="version", version=f"splice-monitor {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
@@ -55,10 +65,25 @@ def main(argv: list[str] | None = None) -> int:
     return run_command(args.func, args, prog=f"splice-monitor {args.command}")
 
 
+@contextlib.contextmanager
+def one_line_warnings():
+    """Show each warning as one "warning: ..." line on stderr, without Python's file:line and source echo: the
+    messages say what happened, to which input, and what to do."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("default")
+
+        def show(message, category, filename, lineno, file=None, line=None):
+            print(f"warning: {message}", file=sys.stderr if file is None else file)
+
+        warnings.showwarning = show
+        yield
+
+
 def run_command(func, args: argparse.Namespace, *, prog: str) -> int:
     """Run one subcommand and turn its failure into one line on stderr plus the documented exit code."""
     try:
-        rc = func(args)
+        with one_line_warnings():
+            rc = func(args)
     except SpliceError as exc:
         print(f"{prog}: {redact_text(str(exc))}", file=sys.stderr)  # messages may quote a URI with a password
         return exc.exit_code

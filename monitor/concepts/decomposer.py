@@ -416,11 +416,54 @@ def warn_uncalibrated(space: str, what: str) -> None:
     )
 
 
+def resolve_mean(
+    mean: str | Path | Any | None,
+    *,
+    model: str,
+    pretrained: Any,
+    encoder_id: str,
+    dim: int,
+    supports_images: bool,
+    vocab_mean: np.ndarray,
+) -> tuple[Any, str | None, str | None]:
+    """Which modality mean to centre with: ``(mean or None, where it came from, uncalibrated default or None)``.
+
+    In order: ``"vocab"`` -> the vocabulary's text mean; a path -> a calibrated mean file (checked against the
+    encoder id and dimension); an array -> as given; None -> for a text-only encoder the vocabulary's text mean, for
+    an image encoder SpLiCE's published image mean when ``model``/``pretrained`` are weights it was measured on
+    (:func:`monitor.concepts.published.published_mean`), else a zero mean. The third item names the uncalibrated
+    default in use (for :func:`warn_uncalibrated`); it is None when the mean is calibrated or published.
+    """
+    from monitor.concepts.published import load_published_mean, published_mean
+
+    if isinstance(mean, str) and mean == "vocab":
+        return vocab_mean, "vocabulary text mean", None
+    if isinstance(mean, (str, Path)):
+        mu, info = load_mean(mean, encoder_id=encoder_id, dim=dim)
+        if info.get("encoder_id") is None:
+            warnings.warn(
+                f"mean file {mean} has no .json sidecar naming its encoder; make sure it was calibrated with "
+                f"{encoder_id} (`splice-monitor calibrate` writes the sidecar)",
+                UserWarning,
+                stacklevel=3,
+            )
+        return mu, str(mean), None
+    if mean is not None:
+        return mean, "given", None
+    if not supports_images:
+        return vocab_mean, "vocabulary text mean (uncalibrated)", "the vocabulary's text mean"
+    spec = published_mean(model, pretrained)
+    if spec is not None and spec.dim == dim:
+        return load_published_mean(spec), f"SpLiCE's published image mean for {spec.weights} ({spec.file})", None
+    return None, None, "a zero mean (no centring of inputs)"
+
+
 def create_decomposer(
     model: str = "minilm",
     pretrained: str | None = None,
     *,
     vocab=None,
+    vocab_size: int | None = None,
     template: str | None = None,
     mean: str | Path | Any | None = None,
     l1: float = 0.25,
@@ -430,44 +473,37 @@ def create_decomposer(
     batch_size: int = 64,
     precision: str = "auto",
     solver: str = "lasso",
+    progress: bool = True,
     **solver_options: Any,
 ) -> tuple[Any, Decomposer]:
-    """Build (encoder, decomposer) by name: load the model, build or load the cached dictionary, load the mean.
+    """Build (encoder, decomposer) by name: load the model, build or load the cached dictionary, pick the mean.
 
-    ``vocab``: None for the built-in vocabulary, a file path, a list of concepts or a Vocabulary. ``mean``: a path
-    written by ``splice-monitor calibrate`` (checked against the encoder id and dimension), an array, "vocab" to
-    centre with the vocabulary's own text mean, or None. With None, a text-only encoder centres with the vocabulary
-    mean (its inputs can only be texts, and that is the best text-side estimate without data) and an image encoder
-    with a zero mean; both warn once, saying how to calibrate. ``solver``: "lasso" (the certified solver) or "off"
-    (random codes, for control-plane benchmarks; see :class:`Decomposer`).
+    ``vocab``: None for the default vocabulary, a name (``laion``, ``laion-bigrams``, ``mscoco``, ``builtin``,
+    optionally ``NAME:SIZE``), a file path, a list of concepts or a Vocabulary; ``vocab_size`` takes the last N
+    lines of a published vocabulary (SpLiCE's convention). ``mean``: see :func:`resolve_mean`; the uncalibrated
+    defaults warn once, saying how to calibrate; ``decomposer.mean_source`` says which mean is in use.
+    ``progress=False`` keeps the model-load and dictionary-build bars off stderr. ``solver``: "lasso" (the
+    certified solver) or "off" (random codes, for control-plane benchmarks; see :class:`Decomposer`).
     """
     from monitor.concepts.encoders import create_encoder
+    from monitor.concepts.vocab import resolve_vocabulary
 
-    encoder = create_encoder(model, pretrained, device=device, batch_size=batch_size, precision=precision)
-    dictionary = build_dictionary(encoder, vocab, template=template, cache_dir=cache_dir)
+    vocabulary = resolve_vocabulary(vocab, size=vocab_size)
+    encoder = create_encoder(model, pretrained, device=device, batch_size=batch_size, precision=precision,
+                             progress=progress)
+    dictionary = build_dictionary(encoder, vocabulary, template=template, cache_dir=cache_dir, progress=progress)
     if dictionary.dim != encoder.dim:
         raise ConfigError(
             f"dictionary shape {tuple(dictionary.vectors.shape)} does not match encoder {encoder.id} "
             f"(dim {encoder.dim})"
         )
-    mu = None
-    source = None
-    if isinstance(mean, str) and mean == "vocab":
-        mu, source = dictionary.vocab_mean, "vocabulary text mean"
-    elif isinstance(mean, (str, Path)):
-        mu, info = load_mean(mean, encoder_id=encoder.id, dim=encoder.dim)
-        source = str(mean)
-        if info.get("encoder_id") is None:
-            warnings.warn(
-                f"mean file {mean} has no sidecar naming its encoder; make sure it was calibrated with {encoder.id}",
-                UserWarning,
-                stacklevel=2,
-            )
-    elif mean is not None:
-        mu, source = mean, "given"
-    elif not encoder.supports_images:
-        mu, source = dictionary.vocab_mean, "vocabulary text mean (uncalibrated)"
-        warn_uncalibrated(dictionary.concept_space, "the vocabulary's text mean")
+    mu, source, uncalibrated = resolve_mean(
+        mean, model=model, pretrained=pretrained, encoder_id=encoder.id, dim=encoder.dim,
+        supports_images=encoder.supports_images, vocab_mean=dictionary.vocab_mean,
+    )
+    if uncalibrated is not None and mu is not None:
+        warn_uncalibrated(dictionary.concept_space, uncalibrated)
+    # with mu None the Decomposer itself warns about the zero mean
     decomposer = Decomposer(dictionary, mu, l1=l1, target_l0=target_l0, device=encoder.device,
                             mean_source=source, solver=solver, **solver_options)
     return encoder, decomposer

@@ -19,6 +19,7 @@ import numpy as np
 
 from monitor.atomic import atomic_write_bytes
 from monitor.errors import ConfigError
+from monitor.concepts.progress import progress_bar
 from monitor.concepts.vocab import Vocabulary, check_template, resolve_vocabulary
 
 __all__ = [
@@ -168,11 +169,13 @@ def build_dictionary(
     cache_dir: str | Path | None = None,
     use_cache: bool = True,
     batch_size: int | None = None,
+    progress: bool = True,
 ) -> ConceptDictionary:
     """Encode the vocabulary (through ``template``) and centre it: normalise rows, subtract their mean, normalise.
 
     The result is cached under ``cache_dir`` (default :func:`default_cache_dir`) keyed by (encoder id, vocabulary
-    hash, template): the same key loads without encoding; any change builds and stores a new file.
+    hash, template): the same key loads without encoding; any change builds and stores a new file. A build draws a
+    progress bar on stderr when it is a terminal (``progress=False`` silences it).
     """
     import torch
 
@@ -200,10 +203,14 @@ def build_dictionary(
     prompts = vocab.prompts(template)
     chunk = batch_size or max(256, getattr(encoder, "batch_size", 64))
     parts = []
-    with torch.inference_mode():
+    model = encoder.id.split(":sha256:")[0].split(":file-sha256:")[0]  # the digest only widens the bar
+    bar = progress_bar(total=len(prompts), desc=f"building the {len(vocab):,}-concept dictionary ({model})",
+                       unit="concept", enabled=progress)
+    with bar, torch.inference_mode():
         for lo in range(0, len(prompts), chunk):
             emb = encoder.encode_texts(prompts[lo : lo + chunk]).float().cpu()
             parts.append(torch.nn.functional.normalize(emb, dim=-1))
+            bar.update(len(emb))
     unit = torch.cat(parts).double()
     if not torch.isfinite(unit).all():
         raise ConfigError(f"encoder {encoder.id} produced non-finite embeddings for the vocabulary")
@@ -225,7 +232,8 @@ def build_dictionary(
         except OSError as exc:  # a read-only cache must not stop decomposition; it only costs a re-encode
             import warnings
 
-            warnings.warn(f"could not write dictionary cache {path}: {exc}", stacklevel=2)
+            warnings.warn(f"could not write the dictionary cache {path} ({exc}); the next run encodes the vocabulary "
+                          "again. Point --cache-dir or $SPLICE_MONITOR_CACHE at a writable directory", stacklevel=2)
     return result
 
 

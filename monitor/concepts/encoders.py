@@ -20,6 +20,7 @@ from contextlib import nullcontext
 from pathlib import Path
 from typing import Any, Sequence
 
+from monitor.concepts.progress import progress_bar
 from monitor.errors import ConfigError
 
 __all__ = [
@@ -105,6 +106,7 @@ class OpenClipEncoder(Encoder):
         batch_size: int = 64,
         precision: str = "auto",
         cache_dir: str | None = None,
+        progress: bool = True,
     ) -> None:
         import open_clip
         import torch
@@ -117,6 +119,13 @@ class OpenClipEncoder(Encoder):
         self.model_name = model
 
         kind, weights = _classify_pretrained(model, pretrained)
+        with progress_bar(total=2, desc=f"loading {model} ({weights or 'random weights'}) on {self.device}",
+                          unit="step", enabled=progress) as bar:
+            self._load(open_clip, model, pretrained, kind, weights, cache_dir, bar)
+
+    def _load(self, open_clip, model, pretrained, kind, weights, cache_dir, bar) -> None:
+        import torch
+
         if kind == "random":
             if pretrained is None:
                 warnings.warn(
@@ -124,7 +133,7 @@ class OpenClipEncoder(Encoder):
                     "concepts carry no meaning. Pass a pretrained tag (e.g. "
                     f"{_example_tag(model)!r}), a local checkpoint path, or pretrained='random' to silence this.",
                     RandomWeightsWarning,
-                    stacklevel=3,
+                    stacklevel=4,
                 )
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(RANDOM_SEED)
@@ -145,7 +154,9 @@ class OpenClipEncoder(Encoder):
                 self.id = f"open_clip:{model}:file-sha256:{_file_digest(Path(weights))}"
             else:
                 self.id = f"open_clip:{model}:{weights}"
+        bar.update(1)
         net.eval().to(self.device)
+        bar.update(1)
         self._net = net
         self._preprocess = preprocess
         self._tokenizer = open_clip.get_tokenizer(model)
@@ -290,7 +301,7 @@ class SentenceTransformerEncoder(Encoder):
     supports_texts = True
 
     def __init__(self, path: str | os.PathLike, *, name: str | None = None, device: str | None = None,
-                 batch_size: int = 64, precision: str = "auto") -> None:
+                 batch_size: int = 64, precision: str = "auto", progress: bool = True) -> None:
         import torch
 
         path = Path(path).expanduser()
@@ -306,9 +317,13 @@ class SentenceTransformerEncoder(Encoder):
 
         # local_files_only keeps this load off the network; no process-wide HF_HUB_OFFLINE here, because that
         # would also block a later open_clip pretrained download in the same process
+        bar = progress_bar(total=1, desc=f"loading {name or path.name} on {self.device}", unit="step",
+                           enabled=progress)
         try:
-            self._net = _quiet(_no_progress(SentenceTransformer), str(path), device=str(self.device),
-                               local_files_only=True)
+            with bar:
+                self._net = _quiet(_no_progress(SentenceTransformer), str(path), device=str(self.device),
+                                   local_files_only=True)
+                bar.update(1)
         except Exception as exc:  # noqa: BLE001
             raise ConfigError(f"model: cannot load sentence-transformers model from {str(path)!r}: {exc}") from exc
         self._net.eval()
@@ -445,8 +460,10 @@ def create_encoder(
     batch_size: int = 64,
     precision: str = "auto",
     cache_dir: str | None = None,
+    progress: bool = True,
 ) -> Encoder:
-    """Build an encoder by name.
+    """Build an encoder by name (with a progress bar on stderr when it is a terminal; ``progress=False`` silences
+    it).
 
     - ``"minilm"``: the offline all-MiniLM-L6-v2 (384-d, texts only); ``pretrained`` must be None.
     - ``"st:/path/to/dir"``: a sentence-transformers model from a local directory (texts only).
@@ -468,7 +485,7 @@ def create_encoder(
         if pretrained not in (None, "", "none"):
             raise ConfigError(f"pretrained: model 'minilm' has its weights built in; got pretrained={pretrained!r}")
         return SentenceTransformerEncoder(minilm_path(), name="all-MiniLM-L6-v2", device=device,
-                                          batch_size=batch_size, precision=precision)
+                                          batch_size=batch_size, precision=precision, progress=progress)
     if model == "null" or model.startswith("null:"):
         if pretrained not in (None, "", "none", "random"):
             raise ConfigError(f"pretrained: the null encoder has no weights; got pretrained={pretrained!r}")
@@ -476,9 +493,10 @@ def create_encoder(
     if model.startswith("st:"):
         if pretrained not in (None, "", "none"):
             raise ConfigError(f"pretrained: st: models load their weights from their directory; got {pretrained!r}")
-        return SentenceTransformerEncoder(model[3:], device=device, batch_size=batch_size, precision=precision)
+        return SentenceTransformerEncoder(model[3:], device=device, batch_size=batch_size, precision=precision,
+                                          progress=progress)
     return OpenClipEncoder(model, pretrained, device=device, batch_size=batch_size, precision=precision,
-                           cache_dir=cache_dir)
+                           cache_dir=cache_dir, progress=progress)
 
 
 def _unknown_model_message(model: str) -> str:

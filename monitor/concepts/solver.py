@@ -1,7 +1,9 @@
 """Certified batched nonnegative lasso for SpLiCE: ``w* = argmin_{w >= 0} ||D^T w - z||^2 + lam ||w||_1`` per row.
 
 Each row is solved exactly on a small working set of concepts and certified on the whole dictionary by a duality
-gap, so a ~10,000-concept problem costs a few dictionary matmuls; docs/solver.md derives the method.
+gap, so a ~10,000-concept problem costs a few dictionary matmuls; docs/solver.md derives the method. The
+certificate lives in :mod:`monitor.concepts.certificate`, the exact small-problem solver in
+:mod:`monitor.concepts.pivoting`.
 """
 
 from __future__ import annotations
@@ -13,6 +15,9 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
+
+from monitor.concepts.certificate import dual_certificate, duality_gap, exact_matmul, kkt_violation
+from monitor.concepts.pivoting import bpp, sub_gram
 
 if TYPE_CHECKING:  # pragma: no cover
     import numpy as np
@@ -62,25 +67,6 @@ class SolverResult:
             l1=self.l1.detach().cpu().numpy().astype(np.float32),
             converged=self.converged.detach().cpu().numpy(),
         )
-
-
-def dual_certificate(
-    dictionary: torch.Tensor, Z: torch.Tensor, weights: torch.Tensor, l1: float | torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``(objective, relative gap, kkt)`` of any nonnegative ``weights`` (n, c) for the problem on ``dictionary``.
-
-    Independent of how the weights were found (tests use it on other solvers' output); costs two dense matmuls.
-    """
-    D = dictionary.to(torch.float64)
-    Zd = Z.to(torch.float64)
-    W = weights.to(torch.float64)
-    lam = _as_l1(l1, Zd.shape[0], Zd.device, torch.float64)
-    R = Zd - W @ D
-    Dr = R @ D.T
-    obj, gap, _ = _gap(Zd, R, Dr.amax(dim=1), W.sum(dim=1), lam)
-    grad = lam[:, None] - 2.0 * Dr
-    kkt = torch.where(W > 0, grad.abs(), (-grad).clamp_min(0.0)).amax(dim=1)
-    return obj, gap, kkt
 
 
 class NonnegLasso:
@@ -281,7 +267,7 @@ class NonnegLasso:
         rounds = inner_total = 0
         for it in range(1, self.max_iter + 1):
             rounds = it
-            x, n_inner, settled = _bpp(Q, b - 0.5 * lam_a[:, None], valid, F, self.max_inner)
+            x, n_inner, settled = bpp(Q, b - 0.5 * lam_a[:, None], valid, F, self.max_inner)
             inner_total += n_inner
             wv = x.to(D.dtype)
             R = Za - torch.bmm(wv[:, None, :], DW)[:, 0]
@@ -314,13 +300,13 @@ class NonnegLasso:
                         exact = exact[:0]
             if len(exact):
                 Re = R[exact]
-                with _exact_matmul():
+                with exact_matmul():
                     Dr = Re @ D.T
                 mx = Dr.amax(dim=1)
                 Dr_ws = Dr.gather(1, W[exact])
                 Dr.scatter_(1, W[exact], float("-inf"))  # from here on only scores outside the working set matter
-                o, g, _ = _gap(Za[exact], Re, mx, wv[exact].sum(dim=1), lam_a[exact])
-                k = _kkt(mx, Dr_ws, wv[exact], lam_a[exact])
+                o, g, _ = duality_gap(Za[exact], Re, mx, wv[exact].sum(dim=1), lam_a[exact])
+                k = kkt_violation(mx, Dr_ws, wv[exact], lam_a[exact])
                 fin = (g <= self.tol) | (it == self.max_iter)
                 open_ = (~fin).nonzero().flatten()
                 if len(open_):
@@ -372,7 +358,7 @@ class NonnegLasso:
     def _screen(self, X: torch.Tensor) -> torch.Tensor:
         """Approximate correlations ``X D^T`` for choosing candidates; never used in a certificate."""
         if self._D_screen is None:
-            with _exact_matmul():
+            with exact_matmul():
                 return X @ self._D.T
         return X.to(self._D_screen.dtype) @ self._D_screen.T
 
@@ -398,7 +384,7 @@ class NonnegLasso:
         DW = _rows(self._D, W)  # (m, s + g, d)
         DN = DW[:, s:]
         Qno = torch.bmm(DN, DW.transpose(1, 2)).to(inner)  # (m, g, s + g)
-        Qs = _sub_gram(Q, order)
+        Qs = sub_gram(Q, order)
         Q = torch.cat([torch.cat([Qs, Qno[:, :, :s].transpose(1, 2)], dim=2), Qno], dim=1)
         b = torch.cat([b.gather(1, order), torch.bmm(Z[:, None, :], DN.transpose(1, 2))[:, 0].to(inner)], dim=1)
         F = torch.cat([sup, torch.zeros_like(new_valid)], dim=1)
@@ -412,7 +398,7 @@ class NonnegLasso:
 
     def _target_chunk(self, Z: torch.Tensor, target: int, lo: float, hi: float, max_search: int) -> SolverResult:
         n, dev = Z.shape[0], Z.device
-        with _exact_matmul():
+        with exact_matmul():
             lam_max = 2.0 * (Z @ self._D.T).amax(dim=1).to(torch.float64)
         # the first-working-set ranking does not depend on the penalty: compute it once for all probes
         G = self._screen(Z if self._P is None else Z @ self._P)
@@ -499,27 +485,6 @@ def nonneg_lasso(
 _SCREEN_MARGIN = 2.0**-9
 
 
-class _exact_matmul:
-    """Force full-precision float32 matmuls (no TF32 / bf16 shortcuts) while certificates are computed."""
-
-    def __enter__(self) -> None:
-        self._prev = torch.get_float32_matmul_precision()
-        if self._prev != "highest":
-            torch.set_float32_matmul_precision("highest")
-
-    def __exit__(self, *exc) -> None:
-        if self._prev != "highest":
-            torch.set_float32_matmul_precision(self._prev)
-
-
-def _sub_gram(Q: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
-    """``Q[i][idx[i]][:, idx[i]]`` for every row i, as one flat gather."""
-    n, k, _ = Q.shape
-    f = idx.shape[1]
-    flat = (idx[:, :, None] * k + idx[:, None, :]).reshape(n, f * f)
-    return Q.reshape(n, k * k).gather(1, flat).view(n, f, f)
-
-
 def _rows(D: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
     """``D[idx]`` for a 2-D index, via index_select (about twice as fast as advanced indexing on CPU)."""
     return D.index_select(0, idx.reshape(-1)).view(*idx.shape, D.shape[1])
@@ -549,126 +514,6 @@ def _fast_bf16(device: torch.device) -> bool:
         return False
 
 
-def _gap(
-    Z: torch.Tensor, R: torch.Tensor, max_Dr: torch.Tensor, l1w: torch.Tensor, lam: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Primal objective, relative duality gap and dual value from the residual ``R = Z - D^T w``.
-
-    The dual is ``max ||z||^2 - ||z - theta||^2`` s.t. ``D theta <= lam / 2``; ``theta = s * r`` with the best
-    feasible ``s`` is a dual point whenever ``s <= lam / (2 max_j (D r)_j)``.
-    """
-    Rd, Zd = R.to(torch.float64), Z.to(torch.float64)
-    rr = (Rd * Rd).sum(dim=1)
-    rz = (Rd * Zd).sum(dim=1)
-    primal = rr + lam * l1w.to(torch.float64)
-    m = max_Dr.to(torch.float64)
-    s = torch.where(rr > 0, rz / rr.clamp_min(torch.finfo(torch.float64).tiny), torch.ones_like(rr))
-    s = torch.where(m > 0, torch.minimum(s, 0.5 * lam / m.clamp_min(torch.finfo(torch.float64).tiny)), s)
-    s = s.clamp_min(0.0)
-    dual = 2.0 * s * rz - s * s * rr
-    gap_abs = (primal - dual).clamp_min(0.0)
-    rel = torch.where(primal > 0, gap_abs / primal.clamp_min(torch.finfo(torch.float64).tiny), torch.zeros_like(primal))
-    return primal, rel, dual
-
-
-def _kkt(max_Dr: torch.Tensor, Dr_ws: torch.Tensor, wv: torch.Tensor, lam: torch.Tensor) -> torch.Tensor:
-    """Largest optimality violation; ``grad_j = lam - 2 (D r)_j``. Zero weights need ``grad_j >= 0``, positive
-    ones ``grad_j = 0``; positive weights only live in the working set, whose ``(D r)`` is ``Dr_ws``."""
-    lam_c = lam.to(torch.float64)
-    zero_side = (2.0 * max_Dr.to(torch.float64) - lam_c).clamp_min(0.0)
-    g_ws = (lam_c[:, None] - 2.0 * Dr_ws.to(torch.float64)).abs()
-    pos_side = torch.where(wv > 0, g_ws, torch.zeros_like(g_ws)).amax(dim=1)
-    return torch.maximum(zero_side, pos_side)
-
-
-def _bpp(
-    Q: torch.Tensor, q: torch.Tensor, valid: torch.Tensor, F0: torch.Tensor, max_iter: int
-) -> tuple[torch.Tensor, int, torch.Tensor]:
-    """Batched block principal pivoting (Kim & Park) for ``min_x 1/2 x^T Q x - q^T x, x >= 0`` on ``valid`` slots.
-
-    Lasso on a working set is this problem with ``q = D_W z - lam / 2``. Every step solves the unconstrained
-    problem on the passive set ``F`` and swaps all infeasible variables (negative ``x`` in F, negative gradient
-    outside); when a row stops improving it falls back to swapping one variable, which guarantees termination.
-    Returns ``(x, steps, settled)``; ``settled`` marks rows whose pivoting finished.
-    """
-    n, k = q.shape
-    dev = q.device
-    x = torch.zeros_like(q)
-    settled = torch.zeros(n, dtype=torch.bool, device=dev)
-    F_out = F0 & valid
-    # working copies of the rows still pivoting; shrunk when at least half of them have finished
-    act = torch.arange(n, device=dev)
-    Qa, qa, va, Fa = Q, q, valid, F_out.clone()
-    best = torch.full((n,), k + 1, dtype=torch.long, device=dev)
-    backup = torch.full((n,), 3, dtype=torch.long, device=dev)
-    order = torch.arange(1, k + 1, device=dev)
-    eps = 1e-12 * qa.abs().amax(dim=1, keepdim=True).clamp_min(1.0)
-    steps = 0
-    for steps in range(1, max_iter + 1):
-        xa = _passive_solve(Qa, qa, Fa)
-        y = torch.bmm(Qa, xa[:, :, None])[:, :, 0] - qa
-        infeasible = (Fa & (xa < -eps)) | (~Fa & va & (y < -eps))
-        nv = infeasible.sum(dim=1)
-        ok = nv == 0
-        x[act] = xa
-        F_out[act] = Fa
-        if bool(ok.all()):
-            settled[act] = True
-            break
-        improving = nv < best
-        best = torch.where(improving, nv, best)
-        full = improving | (backup > 0)
-        backup = torch.where(improving, torch.full_like(backup, 3), torch.where(full, backup - 1, backup))
-        last = (infeasible.long() * order).argmax(dim=1)
-        single = torch.zeros_like(infeasible).scatter_(1, last[:, None], True)
-        flip = torch.where(full[:, None], infeasible, single) & ~ok[:, None]
-        Fa = Fa ^ flip
-        if bool(ok.any()):
-            settled[act[ok]] = True
-            if 2 * int(ok.sum()) >= len(ok):
-                keep = ~ok
-                act, Qa, qa, va, Fa = act[keep], Qa[keep], qa[keep], va[keep], Fa[keep]
-                best, backup, eps = best[keep], backup[keep], eps[keep]
-    x = torch.where(F_out & valid, x.clamp_min(0.0), torch.zeros_like(x))
-    return x, steps, settled
-
-
-def _passive_solve(Q: torch.Tensor, q: torch.Tensor, F: torch.Tensor) -> torch.Tensor:
-    """Solve ``Q_FF x_F = q_F`` per row (x = 0 off F) by one batched Cholesky on the passive slots only.
-
-    Rows are compacted to the largest passive set in the batch (identity padding), which keeps the factorisation
-    small: LAPACK time grows steeply with the matrix size while the passive sets hold ~10-40 slots.
-    """
-    n, k = q.shape
-    nF = F.sum(dim=1)
-    f = int(nF.max()) if n else 0
-    if f == 0:
-        return torch.zeros_like(q)
-    # F slots first, stable, so the compaction is a deterministic permutation prefix
-    idx = F.to(torch.int8).argsort(dim=1, descending=True, stable=True)[:, :f]
-    real = F.gather(1, idx)
-    Qf = _sub_gram(Q, idx)
-    rf = real.to(Q.dtype)
-    Qf = Qf * (rf[:, :, None] * rf[:, None, :])
-    Qf.diagonal(dim1=1, dim2=2).add_(1.0 - rf)
-    qf = q.gather(1, idx) * rf
-    L, info = torch.linalg.cholesky_ex(Qf)
-    if bool((info > 0).any()):
-        # nearly collinear concepts in F: a tiny ridge keeps the factorisation alive; the certificate still judges w
-        bad = info > 0
-        ridge = 1e-10
-        eye = torch.eye(f, dtype=Q.dtype, device=Q.device)
-        while bool(bad.any()) and ridge < 1.0:
-            rows = bad.nonzero().flatten()
-            Lb, ib = torch.linalg.cholesky_ex(Qf[rows] + ridge * eye)
-            okb = ib == 0
-            L[rows[okb]] = Lb[okb]
-            bad[rows[okb]] = False
-            ridge *= 100.0
-    xf = torch.cholesky_solve(qf[:, :, None], L)[:, :, 0] * rf
-    return torch.zeros_like(q).scatter_(1, idx, xf)
-
-
 def _concat(parts: list[SolverResult]) -> SolverResult:
     if len(parts) == 1:
         return parts[0]
@@ -682,13 +527,6 @@ def _concat(parts: list[SolverResult]) -> SolverResult:
         converged=torch.cat([p.converged for p in parts]),
         inner_iterations=sum(p.inner_iterations for p in parts),
     )
-
-
-def _as_l1(l1, n, device, dtype) -> torch.Tensor:
-    if isinstance(l1, torch.Tensor):
-        t = l1.detach().to(device, dtype).flatten()
-        return t.expand(n) if t.numel() == 1 else t
-    return torch.full((n,), float(l1), dtype=dtype, device=device)
 
 
 def _check_bounds(bounds) -> tuple[float, float]:

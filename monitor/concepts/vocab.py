@@ -1,5 +1,6 @@
-"""Concept vocabularies: the built-in English word list (built from wordfreq frequencies by :func:`build_vocabulary`
-and shipped in ``monitor/concepts/data``), custom vocabulary files, prompt templates and a stable vocabulary hash."""
+"""Concept vocabularies by name or file: SpLiCE's published word lists (``laion``, ``laion-bigrams``, ``mscoco``), the
+built-in English word list (``builtin``, built from wordfreq frequencies by :func:`build_vocabulary`), custom
+vocabulary files; prompt templates and a stable vocabulary hash."""
 
 from __future__ import annotations
 
@@ -22,12 +23,17 @@ __all__ = [
     "default_vocabulary",
     "resolve_vocabulary",
     "check_template",
+    "named_vocabulary",
+    "vocabulary_names",
+    "DEFAULT_VOCAB",
     "DEFAULT_VOCAB_FILE",
     "DuplicateConceptWarning",
 ]
 
 DEFAULT_VOCAB_FILE = "vocab_en_10k.txt"
-
+BUILTIN = "builtin"
+# The vocabulary used when none is named (docs/concepts.md, "Which vocabulary" records why this one).
+DEFAULT_VOCAB = BUILTIN
 
 
 @dataclass(frozen=True)
@@ -140,7 +146,8 @@ def parse_vocabulary(text: str, *, source: str = "<text>") -> Vocabulary:
     if dups:
         shown = ", ".join(repr(d) for d in dups[:20]) + (f" and {len(dups) - 20} more" if len(dups) > 20 else "")
         warnings.warn(
-            f"vocabulary {source}: {len(dups)} duplicate concept line(s) dropped: {shown}",
+            f"vocabulary {source}: {len(dups)} duplicate concept line(s) dropped: {shown} (the first of each is "
+            "kept); delete the repeated lines to silence this",
             DuplicateConceptWarning,
             stacklevel=3,
         )
@@ -168,16 +175,83 @@ def load_vocabulary(path: str | Path) -> Vocabulary:
     return parse_vocabulary(text, source=str(path))
 
 
-def default_vocabulary() -> Vocabulary:
-    """The built-in ~10,000-word English vocabulary shipped in ``monitor/concepts/data``."""
+def builtin_vocabulary(size: int | None = None) -> Vocabulary:
+    """The built-in 10,000-word English vocabulary shipped in ``monitor/concepts/data``; it runs from the most to
+    the least frequent word, so ``size`` keeps the first ``size`` words."""
     text = resources.files("monitor.concepts").joinpath("data", DEFAULT_VOCAB_FILE).read_text(encoding="utf-8")
-    return parse_vocabulary(text, source=f"built-in:{DEFAULT_VOCAB_FILE}")
+    vocab = parse_vocabulary(text, source=f"{BUILTIN} ({DEFAULT_VOCAB_FILE})")
+    if size is None:
+        return vocab
+    if isinstance(size, bool) or not isinstance(size, int) or not 1 <= size <= len(vocab):
+        raise ConfigError(f"vocab size for {BUILTIN!r} must be an integer in [1, {len(vocab)}], got {size!r}")
+    return Vocabulary(vocab.concepts[:size], source=f"{BUILTIN} (first {size} words of {DEFAULT_VOCAB_FILE})")
 
 
-def resolve_vocabulary(vocab: Vocabulary | str | Path | Iterable[str] | None) -> Vocabulary:
-    """None -> built-in; a Vocabulary as is; a path -> :func:`load_vocabulary`; a list of strings -> in memory."""
+def vocabulary_names() -> list[str]:
+    """Names accepted wherever a vocabulary is asked for (``--vocab NAME``), besides file paths."""
+    from monitor.concepts.published import PUBLISHED_VOCABULARIES
+
+    return [*PUBLISHED_VOCABULARIES, BUILTIN]
+
+
+def named_vocabulary(name: str, size: int | None = None) -> Vocabulary:
+    """A vocabulary by name: ``laion``, ``laion-bigrams`` and ``mscoco`` are SpLiCE's published lists (the last
+    ``size`` lines of the file, as the reference reads them); ``builtin`` is this project's English word list.
+    ``size`` None means each list's own default (10,000; 15,000 for laion-bigrams, i.e. words plus bigrams)."""
+    from monitor.concepts.published import PUBLISHED_VOCABULARIES, published_vocabulary_lines
+
+    if name == BUILTIN:
+        return builtin_vocabulary(size)
+    if name not in PUBLISHED_VOCABULARIES:
+        raise ConfigError(f"vocab: unknown vocabulary name {name!r}; known: {', '.join(vocabulary_names())}")
+    concepts, taken = published_vocabulary_lines(name, size)
+    spec = PUBLISHED_VOCABULARIES[name]
+    # straight to Vocabulary: the reference keeps lines such as '#' as concepts, which the file parser would skip
+    return Vocabulary(tuple(concepts), source=f"{name} (last {taken} lines of SpLiCE's {spec.file})")
+
+
+def default_vocabulary() -> Vocabulary:
+    """The vocabulary used when none is named (:data:`DEFAULT_VOCAB`)."""
+    return named_vocabulary(DEFAULT_VOCAB)
+
+
+_NAME_SIZE = re.compile(r"^(?P<name>[a-z][a-z-]*)(?::(?P<size>\d+))?$")
+
+
+def parse_vocab_spec(spec: str) -> tuple[str, int | None] | None:
+    """``"laion"`` -> ("laion", None), ``"laion:5000"`` -> ("laion", 5000); None when ``spec`` names no known
+    vocabulary (it is then a file path).
+
+    >>> parse_vocab_spec("laion:5000"), parse_vocab_spec("my-words.txt")
+    (('laion', 5000), None)
+    """
+    m = _NAME_SIZE.match(spec)
+    if m is None or m["name"] not in vocabulary_names():
+        return None
+    return m["name"], None if m["size"] is None else int(m["size"])
+
+
+def resolve_vocabulary(vocab: Vocabulary | str | Path | Iterable[str] | None, *, size: int | None = None) -> Vocabulary:
+    """None -> the default vocabulary; a name (``laion``, ``laion:5000``, ``builtin``, see :func:`named_vocabulary`)
+    -> that vocabulary; a Vocabulary as is; another string or a path -> :func:`load_vocabulary`; a list of strings
+    -> in memory. ``size`` applies to named vocabularies only (a ``NAME:SIZE`` spec carries its own).
+
+    A known name wins over a file of the same name in the working directory; write ``./laion`` for the file.
+    """
     if vocab is None:
-        return default_vocabulary()
+        vocab = DEFAULT_VOCAB
+    if isinstance(vocab, str):
+        named = parse_vocab_spec(vocab)
+        if named is not None:
+            name, spec_size = named
+            if size is not None and spec_size is not None and size != spec_size:
+                raise ConfigError(f"vocab {vocab!r} names size {spec_size} but a size of {size} was also given")
+            return named_vocabulary(name, size if size is not None else spec_size)
+    if size is not None:
+        raise ConfigError(
+            f"a vocabulary size applies to the named vocabularies ({', '.join(vocabulary_names())}); "
+            f"{vocab if isinstance(vocab, (str, Path)) else 'this vocabulary'} is used whole"
+        )
     if isinstance(vocab, Vocabulary):
         return vocab
     if isinstance(vocab, (str, Path)):

@@ -53,7 +53,16 @@ __all__ = [
 
 # Week buckets start on Monday 00:00 UTC; the unix epoch was a Thursday, 4 days after a Monday.
 _WEEK_ORIGIN = -3 * 86400.0
+# name -> (bucket width, origin) in seconds; weeks start on Monday (the epoch was a Thursday). "hour", "day" and
+# "week" are the long names of 1h, 1d and 1w.
 GRANULARITIES: dict[str, tuple[float, float]] = {
+    "1m": (60.0, 0.0),
+    "5m": (300.0, 0.0),
+    "15m": (900.0, 0.0),
+    "1h": (3600.0, 0.0),
+    "6h": (21600.0, 0.0),
+    "1d": (86400.0, 0.0),
+    "1w": (604800.0, 4 * 86400.0),
     "hour": (3600.0, 0.0),
     "day": (86400.0, 0.0),
     "week": (604800.0, 4 * 86400.0),

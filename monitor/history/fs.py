@@ -11,13 +11,13 @@ import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path, PurePath, PurePosixPath
-from urllib.parse import urlsplit, urlunsplit
 
 import pyarrow as pa
 import pyarrow.fs as pafs
 
 from monitor.atomic import atomic_put, atomic_write_bytes
 from monitor.errors import ConfigError
+from monitor.uris import redact_uri
 
 __all__ = ["URI_SCHEMES", "StoreFS", "WriterLock", "is_visible"]
 
@@ -49,11 +49,8 @@ _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.\-]*):")
 
 
 def _redact(uri: str) -> str:
-    """A URI fit for messages: no user:secret@ part."""
-    parts = urlsplit(uri)
-    if "@" not in parts.netloc or parts.scheme in ("abfs", "abfss"):  # abfs's user part is the container name
-        return uri
-    return urlunsplit(parts._replace(netloc="***@" + parts.netloc.rsplit("@", 1)[1]))
+    """A URI fit for messages: the project's one redaction (monitor.uris)."""
+    return redact_uri(uri)
 
 
 def short_error(exc: BaseException, limit: int = 300) -> str:
@@ -224,7 +221,7 @@ class WriterLock:
     def supported(self) -> bool:
         return self._path is not None
 
-    def acquire(self, *, timeout_s: float | None = None) -> bool:
+    def acquire(self, *, timeout_s: float | None = None, purpose: str | None = None) -> bool:
         """Take the lock (waiting up to ``timeout_s``, default the constructor's); raise ConfigError naming the store
         and the holder when another process keeps it. True once held (always True where locks are unsupported)."""
         if self.held or self._path is None:
@@ -252,7 +249,8 @@ class WriterLock:
             entry = _HELD.get(self._path)
             if entry is None:
                 _HELD[self._path] = [lock, 1]
-                doc = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.time(), "purpose": self.purpose}
+                doc = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.time(),
+                       "purpose": purpose or self.purpose}
                 atomic_write_bytes(Path(self._path).with_name(self.HOLDER_NAME), json.dumps(doc).encode())
             else:  # another thread of this process got there first
                 entry[1] += 1
@@ -260,10 +258,10 @@ class WriterLock:
         self.held = True
         return True
 
-    def try_acquire(self) -> bool:
+    def try_acquire(self, purpose: str | None = None) -> bool:
         """Take the lock only if it is free now; False when another process holds it."""
         try:
-            return self.acquire(timeout_s=0)
+            return self.acquire(timeout_s=0, purpose=purpose)
         except ConfigError:
             return False
 

@@ -63,7 +63,7 @@ class Maintenance:
             raise ValueError(f"grace_s must be >= 0 seconds, got {grace_s!r}")
         writer = self.store._writer
         held_before = writer.held
-        exclusive = writer.supported and writer.try_acquire()
+        exclusive = writer.supported and writer.try_acquire(purpose="compact")
         try:
             return self._compact(stream, min_files, temp_age_s, 0.0 if exclusive else grace_s, apply_retention, now)
         finally:
@@ -222,16 +222,18 @@ class Maintenance:
 
     # -- quarantine -------------------------------------------------------------------------------------------
     def find_corrupt(self) -> list[tuple[PurePath, str]]:
-        """(path, reason) of every committed file that does not read back as Parquet with its table's columns."""
+        """(path, reason) of every committed file whose bytes read fine but do not decode as Parquet. A file whose
+        bytes cannot be read at all (network, permissions) is no proof of corruption: that error is raised."""
         bad = []
         for table in TABLES:
             for _, _, files in self.layout.listing(table):
                 for f in files:
                     try:
-                        with self.fs.open_input(f) as fh:
-                            pq.ParquetFile(fh).read(use_threads=False)
+                        data = self.fs.read_bytes(f)
                     except FileNotFoundError:
                         continue  # compacted away meanwhile
+                    try:
+                        pq.ParquetFile(pa.BufferReader(data)).read(use_threads=False)
                     except (pa.ArrowException, OSError, ValueError) as exc:
                         bad.append((f, " ".join(str(exc).split())[:200]))
         return bad

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from monitor.history.analysis import Comparison, Selection, Trend, compare, cooccur, trend
+from monitor.history.analysis import GRANULARITIES, Comparison, Selection, Trend, compare, cooccur, trend
 from monitor.history.store import HistoryStore, NoDataError
 
 __all__ = ["plot_comparison", "plot_trend", "render_report", "write_report", "auto_granularity"]
@@ -67,30 +67,60 @@ def plot_comparison(
     return _png(fig, path)
 
 
-def plot_trend(tr: Trend, path: str | Path | None = None, *, metric: str = "prevalence") -> bytes:
-    """Line per concept over time (prevalence with a 95% Wilson band, or mean activation); returns PNG bytes."""
+def plot_trend(
+    tr: Trend, path: str | Path | None = None, *, metric: str = "prevalence", alarms: Sequence[Any] = ()
+) -> bytes:
+    """Line per concept over time (prevalence with a 95% Wilson band, or mean activation); returns PNG bytes.
+
+    The x axis spans exactly the trend's buckets (one bucket is drawn as its own width, not a year of empty axis);
+    ``alarms`` (records with ``window_end``) are marked where they fired."""
+    from matplotlib.dates import AutoDateLocator, ConciseDateFormatter
+
     if metric not in ("prevalence", "activation"):
         raise ValueError(f"metric must be 'prevalence' or 'activation', got {metric!r}")
     fig = _figure(9, 3.8)
     ax = fig.add_subplot()
-    x = (tr.bucket_start.astype(np.int64)).astype("datetime64[s]")
+    width = GRANULARITIES[tr.granularity][0]
+    # each point sits in the middle of its bucket, so a single bucket still has a visible place on the axis
+    x = ((tr.bucket_start + width / 2) * 1000).astype(np.int64).astype("datetime64[ms]")
     values = tr.prevalence if metric == "prevalence" else tr.mean_activation
     lo, hi = tr.prevalence_interval() if metric == "prevalence" else (None, None)
     for j, name in enumerate(tr.concepts):
         line = ax.plot(x, values[:, j], label=name, marker="." if len(x) < 60 else None)[0]
         if lo is not None:
             ax.fill_between(x, lo[:, j], hi[:, j], color=line.get_color(), alpha=0.15, linewidth=0)
+    first, last = float(tr.bucket_start[0]), float(tr.bucket_start[-1]) + width
+    fired = sorted({float(a.window_end) for a in alarms if first <= float(a.window_end) <= last})
+    for i, t in enumerate(fired):
+        ax.axvline(np.datetime64(int(t * 1000), "ms"), color="#c92a2a", linestyle="--", linewidth=0.8,
+                   label="alarm fired" if i == 0 else None)
+    ax.set_xlim(np.datetime64(int(first * 1000), "ms"), np.datetime64(int(last * 1000), "ms"))
+    locator = AutoDateLocator()
+    ax.xaxis.set_major_locator(locator)
+    ax.xaxis.set_major_formatter(ConciseDateFormatter(locator))
     ax.set_ylabel("prevalence" if metric == "prevalence" else "mean activation")
-    ax.set_title(f"{metric} per {tr.granularity}")
-    ax.legend(loc="upper left", fontsize="small", ncols=min(4, max(1, len(tr.concepts))))
-    fig.autofmt_xdate()
+    ax.set_title(f"{metric} per {tr.granularity} bucket (UTC)")
+    ax.legend(loc="upper left", fontsize="small", ncols=min(4, max(1, len(tr.concepts) + bool(fired))))
     return _png(fig, path)
 
 
+# Candidate trend buckets, finest first; a report takes the finest that gives at most _MAX_TREND_POINTS points.
+_AUTO_STEPS = ("1m", "5m", "15m", "1h", "6h", "1d", "1w")
+_MAX_TREND_POINTS = 60
+
+
 def auto_granularity(start: float, end: float) -> str:
-    """hour for spans up to 3 days, day up to 120 days, week beyond."""
-    span = end - start
-    return "hour" if span <= 3 * 86400 else ("day" if span <= 120 * 86400 else "week")
+    """The finest bucket from 1m to 1w that splits [start, end) into at most 60 buckets, so a short range still
+    gets a readable line (25 minutes -> 1m, a day -> 1h, a month -> 1d, a year -> 1w).
+
+    >>> auto_granularity(0, 25 * 60), auto_granularity(0, 86400), auto_granularity(0, 30 * 86400)
+    ('1m', '1h', '1d')
+    """
+    span = max(float(end) - float(start), 0.0)
+    for name in _AUTO_STEPS:
+        if span / GRANULARITIES[name][0] <= _MAX_TREND_POINTS:
+            return name
+    return _AUTO_STEPS[-1]
 
 
 def _img(png: bytes, alt: str) -> str:
@@ -177,20 +207,16 @@ def render_report(
     sections.append(f"<h2>Rising concepts</h2>{_concept_table(rising, 'rising')}")
     sections.append(f"<h2>Falling concepts</h2>{_concept_table(falling, 'falling')}")
     sections.append("<h2>Largest changes</h2>" + _img(plot_comparison(cmp, k=min(top, 10)), "top changes"))
+    alarms = store.read_alarms(stream, current.start, current.end)
     if movers and not (where or baseline_where):  # slices compare groups, not times: no trend to draw
         tr = trend(store, movers, start=span_lo, end=span_hi, stream=stream, granularity=gran)
-        sections.append(f"<h2>Trend of the largest movers (per {gran})</h2>" + _img(plot_trend(tr), "trend of movers"))
-    alarms = store.read_alarms(stream, current.start, current.end)
-    if alarms:
-        items = "".join(
-            f"<tr><td class=concept>{html.escape(a.describe())}</td><td>{html.escape(a.state)}</td>"
-            f"<td>{_num(a.p_value, 2)}</td><td>{html.escape(str(_iso(a.window_start)))}</td></tr>"
-            for a in alarms[:200]
-        )
         sections.append(
-            f"<h2>Alarms in the current range ({len(alarms)})</h2><table><tr><th>alarm</th><th>state</th>"
-            f"<th>p</th><th>window start</th></tr>{items}</table>"
+            f"<h2>Trend of the largest movers (per {gran})</h2>"
+            f'<p class="meta trend-buckets">{len(tr.bucket_start)} buckets of {gran} from '
+            f"{html.escape(_iso(float(tr.bucket_start[0])))} (baseline and current range)</p>"
+            + _img(plot_trend(tr, alarms=alarms), "trend of movers")
         )
+    sections.append(_alarm_table(alarms))
     if rising and store.has_codes(current.streams):
         try:
             co = cooccur(store, current, concepts=[rising[0]["concept"]], limit=10, min_count=3)
@@ -215,6 +241,25 @@ def render_report(
         f'<code>{html.escape(store.concept_space)}</code> ({store.n_concepts:,} concepts) · generated {generated}</p>'
         + "".join(sections)
         + "</body></html>"
+    )
+
+
+def _alarm_table(alarms: Sequence[Any], limit: int = 200) -> str:
+    """The alarms that fired in the current range, in time order: when (the end of the window that raised it),
+    the window, what drifted, its state, effect and p-value."""
+    if not alarms:
+        return '<h2>Alarms in the current range (0)</h2><p class="empty">no alarm fired in this range</p>'
+    rows = "".join(
+        f"<tr><td>{html.escape(_iso(a.window_end))}</td>"
+        f"<td>{html.escape(_iso(a.window_start))} .. {html.escape(_iso(a.window_end))}</td>"
+        f"<td class=concept>{html.escape(a.describe())}</td><td>{html.escape(a.state)}</td>"
+        f"<td>{_num(a.effect_size)}</td><td>{_num(a.p_value, 2)}</td></tr>"
+        for a in sorted(alarms, key=lambda a: (a.window_end, a.stream, a.concept))[:limit]
+    )
+    more = f'<p class="meta">showing the first {limit} of {len(alarms)}</p>' if len(alarms) > limit else ""
+    return (
+        f'<h2>Alarms in the current range ({len(alarms)})</h2><table class="alarms"><tr><th>fired (UTC)</th>'
+        f"<th>window</th><th>alarm</th><th>state</th><th>effect</th><th>p</th></tr>{rows}</table>{more}"
     )
 
 

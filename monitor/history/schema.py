@@ -120,6 +120,10 @@ _DEFAULTS = {"window_index": NO_INDEX, "event_time": float("nan"), "item_offset"
 def conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
     """``table`` with exactly ``schema``'s columns: columns an older file lacks (or that a dataset scan filled with
     nulls) get their documented default, so version-1 files read like current ones."""
+    if table.column_names == schema.names and all(
+        name not in schema.names or not table[name].null_count for name in _DEFAULTS
+    ):
+        return table  # the common case, kept cheap: it runs once per file read
     for name, default in _DEFAULTS.items():
         i = schema.get_field_index(name)
         if i < 0:

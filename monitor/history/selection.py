@@ -84,9 +84,9 @@ def codes_or_explain(store: HistoryStore, sel: Selection, columns: list[str]) ->
         need = f"the metadata slice {dict(sel.where)}" if sel.where else "co-occurrence"
         scope = f" for stream(s) {list(sel.streams)}" if sel.streams else ""
         raise NoDataError(
-            f"{need} needs per-image codes, and history store {str(store.root)!r} holds none{scope}: store them "
-            f"with HistoryStore.write_codes (the pipeline's per-image codes option); window aggregates only answer "
-            f"time-range and stream questions"
+            f"{need} needs per-image codes, and history store {str(store.root)!r} holds none{scope}: run "
+            f"`splice-monitor run --write-codes` (or `backfill --write-codes`) to store them; window aggregates "
+            f"only answer time-range and stream questions"
         )
     return store.scan_codes(streams=sel.streams, start=sel.start, end=sel.end, where=dict(sel.where), columns=columns)
 

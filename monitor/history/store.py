@@ -101,8 +101,12 @@ def retry_if_compacted(fn):
                 if missing_retried:
                     raise
                 missing_retried = True
-            except (pa.ArrowException, OSError):
-                if not store.quarantine_corrupt():
+            except (pa.ArrowException, OSError) as exc:
+                try:
+                    found = store.quarantine_corrupt()
+                except OSError:  # the store cannot even be read: report the first failure
+                    raise exc from None
+                if not found:
                     raise
         return fn(store, *args, **kwargs)
 
@@ -412,6 +416,8 @@ class HistoryStore:
             cfilter = cond if cfilter is None else (cfilter & cond)
         cols = list(CONCEPT_SCHEMA.names if columns is None else columns)
         read_cols = cols + [c for c in ("start", "window_index") if losers and c not in cols]
+        # the columns worth decoding: the asked ones plus what the concept and time filters look at
+        needed = pa.schema([f for f in CONCEPT_SCHEMA if f.name in {*cols, "concept_index", "start"}])
 
         def batches() -> Iterator[tuple[str, pa.RecordBatch]]:
             if concepts is not None:
@@ -419,7 +425,7 @@ class HistoryStore:
                 wanted = np.unique(np.asarray(concepts, dtype=np.int64))
                 for stream, files in concept_files.items():
                     clean = [f for f in files if (stream, f.name[: -len(".parquet")]) not in losers]
-                    table = read_many(self._fs, clean, CONCEPT_SCHEMA, concepts=wanted, start=start, end=end)
+                    table = read_many(self._fs, clean, needed, concepts=wanted, start=start, end=end)
                     for b in table.select(cols).to_batches():
                         yield stream, b  # read_many conforms older files already
                 yield from _loser_batches()

@@ -35,11 +35,12 @@ def read_one(fs: StoreFS, path: PurePath, schema: pa.Schema, concepts: np.ndarra
 
 
 def read_parquet(pf: pq.ParquetFile, schema: pa.Schema, concepts: np.ndarray | None, start, end) -> pa.Table:
-    present = [n for n in schema.names if n in pf.schema_arrow.names]  # version-1 files lack window_index
+    file_schema = pf.schema_arrow
+    present = [n for n in schema.names if n in file_schema.names]  # version-1 files lack window_index
     if concepts is None:
         # the caller's pool already spans the files
         return conform(pf.read(columns=present, use_threads=False), schema)
-    col = schema.get_field_index("concept_index")
+    col = file_schema.get_field_index("concept_index")  # the file's column, whatever subset ``schema`` names
     md = pf.metadata
     groups = []
     for i in range(md.num_row_groups):
@@ -78,7 +79,7 @@ def read_many(
     else:
         with ThreadPoolExecutor(max_workers=min(8, 2 * (os.cpu_count() or 1), len(files))) as pool:
             tables = list(pool.map(lambda f: read_one(fs, f, schema, concepts, start, end), files))
-    return pa.concat_tables([conform(t, schema) for t in tables])
+    return pa.concat_tables(tables)  # read_parquet conformed each one already
 
 
 def rollup(concepts: pa.Table) -> pa.Table:

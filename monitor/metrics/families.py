@@ -43,10 +43,12 @@ __all__ = [
     "METRICS",
     "MetricSpec",
     "MonitorMetrics",
+    "OVER_LIMIT_STREAM",
 ]
 
 ALARM_KINDS: tuple[str, ...] = ("prevalence", "activation", "stream", "embedding")
 WINDOWS: tuple[str, ...] = ("reference", "current")
+OVER_LIMIT_STREAM = "_over_limit"  # the one stream label of dead letters of streams refused by max_streams
 
 # Cosine of the recomposed embedding; SpLiCE on real CLIP sits around 0.5-0.9, so the buckets are dense there.
 FIDELITY_BUCKETS: tuple[float, ...] = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95, 1.0)
@@ -223,6 +225,7 @@ class MonitorMetrics:
         self._lock = threading.Lock()
         self._streams: dict[str, _StreamState] = {}
         self._queue_items = 0
+        self._refused = dict.fromkeys(DEAD_LETTER_REASONS, 0)  # dead letters of streams beyond max_streams
         self.registry = registry
         if registry is not None:
             registry.register(self)
@@ -261,12 +264,16 @@ class MonitorMetrics:
                 st.lat_sum += float(latency_s)
 
     def observe_dead_letter(self, stream: str, reason: str, n: int = 1) -> None:
-        """Count ``n`` dead-lettered items of ``stream`` under ``reason`` (one of DEAD_LETTER_REASONS)."""
+        """Count ``n`` dead-lettered items of ``stream`` under ``reason`` (one of DEAD_LETTER_REASONS); a stream
+        beyond ``max_streams`` is counted under :data:`OVER_LIMIT_STREAM`, never as a new label value."""
         if reason not in DEAD_LETTER_REASONS:
             raise ValueError(f"reason must be one of {DEAD_LETTER_REASONS}, got {reason!r}")
         _check_count("n", n)
         with self._lock:
-            self._state(stream).dead[reason] += int(n)
+            if stream in self._streams or len(self._streams) < self.max_streams:
+                self._state(stream).dead[reason] += int(n)
+            else:
+                self._refused[reason] += int(n)
 
     def observe_nonconverged(self, stream: str, n: int) -> None:
         """Count ``n`` decompositions of ``stream`` that did not reach the solver tolerance."""
@@ -432,7 +439,7 @@ class MonitorMetrics:
     def collect(self) -> Iterator[Metric]:
         with self._lock:
             snap = [(name, self._snapshot(st)) for name, st in self._streams.items()]
-            queue_items = self._queue_items
+            queue_items, refused = self._queue_items, {r: v for r, v in self._refused.items() if v}
         fam = {spec.name: _family(spec) for spec in METRICS}
         names = self.concept_names
         for stream, s in snap:
@@ -486,6 +493,8 @@ class MonitorMetrics:
             for kind, a in sorted(newest.items()):
                 fam["splice_alarm_fired_timestamp_seconds"].add_metric([stream, kind], a.event_time)
                 fam["splice_alarm_fired_offset_items"].add_metric([stream, kind], float(a.item_offset))
+        for reason, v in refused.items():
+            fam["splice_dead_letters_total"].add_metric([OVER_LIMIT_STREAM, reason], float(v))
         fam["splice_queue_items"].add_metric([], float(queue_items))
         fam["splice_dictionary_concepts"].add_metric([], float(self.n_concepts))
         yield from fam.values()

@@ -11,15 +11,10 @@ exporter raises SpliceExporterDown with the deployment's labels.
 
 from __future__ import annotations
 
-import json
 import shutil
-import socket
 import subprocess
 import threading
 import time
-import urllib.error
-import urllib.parse
-import urllib.request
 
 import numpy as np
 import pytest
@@ -33,6 +28,8 @@ from monitor.metrics.exporter import MetricsExporter, delete_pushed_metrics, pus
 from monitor.metrics.families import MonitorMetrics
 from monitor.metrics.runtime import BuildInfo, register_runtime_collectors
 from monitor.records import Alarm, SparseCodes, WindowSummary
+from tests.dashboards.helpers import (Prom, free_port as _free_port, get as _get, running_prometheus,
+                                      stop as _stop, wait_ready as _wait_ready)
 
 PROMETHEUS = shutil.which("prometheus")
 PUSHGATEWAY = shutil.which("prometheus-pushgateway")
@@ -58,68 +55,6 @@ DRIFT_ALERTS = ("SpliceConceptPrevalenceDrift", "SpliceConceptDriftDetected", "S
 ALERT_DEADLINE_S = 25.0
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _get(url: str, timeout: float = 5.0) -> bytes:
-    with urllib.request.urlopen(url, timeout=timeout) as r:
-        return r.read()
-
-
-def _wait_ready(url: str, proc: subprocess.Popen, what: str, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"{what} exited with {proc.returncode}: {proc.stdout.read().decode()[-2000:]}")
-        try:
-            _get(url, timeout=1.0)
-            return
-        except OSError:
-            time.sleep(0.1)
-    raise RuntimeError(f"{what} not ready after {timeout}s")
-
-
-def _stop(proc: subprocess.Popen) -> None:
-    proc.terminate()
-    try:
-        proc.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-
-
-class Prom:
-    def __init__(self, base: str) -> None:
-        self.base = base
-
-    def api(self, path: str, **params) -> dict:
-        url = f"{self.base}/api/v1/{path}"
-        if params:
-            url += "?" + urllib.parse.urlencode(params, doseq=True)
-        try:
-            body = json.loads(_get(url))
-        except urllib.error.HTTPError as exc:
-            body = json.loads(exc.read())
-        return body
-
-    def query(self, expr: str) -> list:
-        r = self.api("query", query=expr)
-        assert r["status"] == "success", f"{expr!r} failed: {r.get('error')}"
-        return r["data"]["result"]
-
-    def query_range(self, expr: str, seconds: float = 20, step: str = "1s") -> list:
-        end = time.time()
-        r = self.api("query_range", query=expr, start=end - seconds, end=end, step=step)
-        assert r["status"] == "success", f"{expr!r} failed: {r.get('error')}"
-        return r["data"]["result"]
-
-    def firing(self) -> list[dict]:
-        return [a for a in self.api("alerts")["data"]["alerts"] if a["state"] == "firing"]
-
-
 @pytest.fixture(scope="module")
 def servers(tmp_path_factory):
     """Exporter + pushgateway + prometheus on loopback, torn down after the module."""
@@ -133,28 +68,17 @@ def servers(tmp_path_factory):
     # memory only: Debian's default persistence file is shared with every other gateway on the machine
     pushgw = subprocess.Popen([PUSHGATEWAY, f"--web.listen-address=127.0.0.1:{pg_port}", "--persistence.file="],
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    (tmp / "rules.yaml").write_text(dump_yaml(build_rules(FAST)))
-    (tmp / "prometheus.yml").write_text(yaml.safe_dump({
-        "global": {"scrape_interval": "1s", "evaluation_interval": "1s", "scrape_timeout": "900ms"},
-        "rule_files": [str(tmp / "rules.yaml")],
-        "scrape_configs": [
-            {"job_name": "splice-monitor", "static_configs": [{"targets": [f"127.0.0.1:{exporter.port}"],
-                                                                "labels": TARGET_LABELS}]},
-            {"job_name": "pushgateway", "honor_labels": True,
-             "static_configs": [{"targets": [f"127.0.0.1:{pg_port}"]}]},
-        ],
-    }))
-    prom_port = _free_port()
-    prom = subprocess.Popen([PROMETHEUS, f"--config.file={tmp / 'prometheus.yml'}",
-                             f"--storage.tsdb.path={tmp / 'data'}", f"--web.listen-address=127.0.0.1:{prom_port}"],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    scrape = [
+        {"job_name": "splice-monitor", "static_configs": [{"targets": [f"127.0.0.1:{exporter.port}"],
+                                                            "labels": TARGET_LABELS}]},
+        {"job_name": "pushgateway", "honor_labels": True, "static_configs": [{"targets": [f"127.0.0.1:{pg_port}"]}]},
+    ]
     try:
         _wait_ready(f"http://127.0.0.1:{pg_port}/-/ready", pushgw, "prometheus-pushgateway")
-        _wait_ready(f"http://127.0.0.1:{prom_port}/-/ready", prom, "prometheus")
-        yield {"metrics": metrics, "prom": Prom(f"http://127.0.0.1:{prom_port}"),
-               "pushgateway": f"http://127.0.0.1:{pg_port}", "exporter": exporter}
+        with running_prometheus(tmp, dump_yaml(build_rules(FAST)), scrape) as prom:
+            yield {"metrics": metrics, "prom": prom, "pushgateway": f"http://127.0.0.1:{pg_port}",
+                   "exporter": exporter}
     finally:
-        _stop(prom)
         _stop(pushgw)
         exporter.close()
 

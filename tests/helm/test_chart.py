@@ -377,15 +377,23 @@ def test_head_and_workers_have_liveness_and_readiness_probes(render, value_set):
     rendered = render(VALUE_SETS[value_set])
     cluster = _cluster(rendered)
     agent = cluster["headGroupSpec"]["rayStartParams"]["dashboard-agent-listen-port"]
+    dashboard = cluster["headGroupSpec"]["rayStartParams"]["dashboard-port"]
+    raylet = f"wget -T 2 -q -O- http://localhost:{agent}/api/local_raylet_healthz | grep success"
+    gcs = f"wget -T 2 -q -O- http://localhost:{dashboard}/api/gcs_healthz | grep success"
     head = cluster["headGroupSpec"]["template"]["spec"]["containers"][0]
-    assert head["readinessProbe"]["httpGet"] == {"path": "/api/gcs_healthz", "port": 8265}
-    assert head["livenessProbe"]["httpGet"] == {"path": "/api/local_raylet_healthz", "port": int(agent)}
+    assert head["readinessProbe"]["exec"]["command"] == ["sh", "-c", f"{raylet} && {gcs}"]
+    assert head["livenessProbe"]["exec"]["command"] == ["sh", "-c", raylet]
     for group in cluster["workerGroupSpecs"]:
         worker = group["template"]["spec"]["containers"][0]
         for probe in ("livenessProbe", "readinessProbe"):
-            assert worker[probe]["httpGet"] == {"path": "/api/local_raylet_healthz", "port": int(agent)}, probe
+            assert worker[probe]["exec"]["command"] == ["sh", "-c", raylet], probe
     assert head["livenessProbe"]["failureThreshold"] * head["livenessProbe"]["periodSeconds"] >= 300, \
         "a busy head (model load, GC pause) must not be killed within minutes"
+
+
+def test_the_image_has_what_the_probes_call():
+    dockerfile = (REPO / "Dockerfile").read_text()
+    assert re.search(r"apt-get install[^\n]*\bwget\b", dockerfile), "the probes call wget"
 
 
 def test_helm_test_checks_health_and_metrics_through_the_service(render):

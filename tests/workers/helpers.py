@@ -56,3 +56,14 @@ def pushed_samples(gateway: str, name: str, **labels: str) -> list[float]:
         text = r.read().decode()
     return [s.value for fam in text_string_to_metric_families(text) for s in fam.samples
             if s.name == name and all(s.labels.get(k) == v for k, v in labels.items())]
+
+
+def drain(source, size=3):
+    """Read and acknowledge every batch of a finite source; returns the batches."""
+    out = []
+    while True:
+        batch = source.read(size, timeout_s=0.05)
+        if batch is None:
+            return out
+        source.ack(batch)
+        out.append(batch)

@@ -63,9 +63,69 @@ def test_bad_captions_and_records_are_dead_letters_and_the_rest_is_kept(text_wor
     assert all(d.ref == f"r{d.item_id[1:]}" for d in part.dead_letters)
 
 
-def test_image_path_payload_that_cannot_be_read_is_a_bad_record(text_worker, tmp_path):
+def test_image_path_payload_that_cannot_be_read_is_a_bad_path(text_worker, tmp_path):
     part = text_worker.process(_items([str(tmp_path / "missing.jpg")], kind="image"))
-    assert [(d.reason, "missing.jpg" in d.detail) for d in part.dead_letters] == [("bad_record", True)]
+    assert [(d.reason, "missing.jpg" in d.detail) for d in part.dead_letters] == [("bad_path", True)]
+
+
+def test_path_payloads_naming_devices_fifos_or_huge_files_are_dead_letters_not_hangs(text_worker, tmp_path):
+    """The probe: /dev/zero was read without limit and a FIFO blocked the worker forever."""
+    import os
+    import time
+
+    os.mkfifo(tmp_path / "pipe")
+    (tmp_path / "huge.jpg").write_bytes(b"\xff" * (text_worker.max_payload_bytes + 1))
+    t0 = time.monotonic()
+    part = text_worker.process(_items(["/dev/zero", str(tmp_path / "pipe"), str(tmp_path / "huge.jpg")],
+                                      kind="image"))
+    assert time.monotonic() - t0 < 30
+    assert [d.reason for d in part.dead_letters] == ["bad_path", "bad_path", "payload_too_large"]
+    assert part.items == []
+
+
+def test_path_payloads_outside_the_allowed_root_are_refused(text_worker, tmp_path):
+    from tests.workers.helpers import jpeg_bytes
+
+    (tmp_path / "inside").mkdir()
+    (tmp_path / "outside.jpg").write_bytes(jpeg_bytes(1))
+    (tmp_path / "inside" / "ok.jpg").write_bytes(jpeg_bytes(2))
+    worker = Worker(text_worker.encoder, text_worker.decomposer, path_root=str(tmp_path / "inside"))
+    try:
+        part = worker._prepare(_items([str(tmp_path / "outside.jpg")], kind="image")[0])
+        assert part.reason == "bad_path" and "outside the allowed root" in part.detail
+        # inside the root the file is read (this caption worker then refuses images, which is not a path problem)
+        inside = worker._prepare(_items([str(tmp_path / "inside" / "ok.jpg")], kind="image")[0])
+        assert inside.reason == "other" and "no image preprocessing" in inside.detail
+    finally:
+        worker.close()
+
+
+class _SlowReads(Worker):
+    """A worker whose read of the payload "hang" never finishes in time (a stuck network file system)."""
+
+    def _prepare(self, item):
+        if item.payload == "hang":
+            import time
+
+            time.sleep(3)
+        return super()._prepare(item)
+
+
+def test_items_not_ready_by_the_batch_deadline_are_timeout_dead_letters(text_worker, tmp_path):
+    import time
+
+    worker = _SlowReads(text_worker.encoder, text_worker.decomposer, batch_timeout_s=0.5)
+    try:
+        items = _items([CAPTIONS[0], "hang", CAPTIONS[1]])
+        items[1] = WorkItem(meta=items[1].meta, payload="hang", kind="image", ref="r1")  # read on the pool
+        t0 = time.monotonic()
+        part = worker.process(items)
+        assert time.monotonic() - t0 < 2.5  # did not wait for the stuck read
+    finally:
+        worker.close()
+    assert [(d.item_id, d.reason) for d in part.dead_letters] == [("i1", "timeout")]
+    assert "0.5 s" in part.dead_letters[0].detail
+    assert [m.id for m in part.items] == ["i0", "i2"]
 
 
 def test_worker_config_rejects_bad_values_naming_them():
@@ -73,6 +133,10 @@ def test_worker_config_rejects_bad_values_naming_them():
         WorkerConfig(l1=-1)
     with pytest.raises(ConfigError, match="max_pixels must be >= 1"):
         WorkerConfig(max_pixels=0)
+    with pytest.raises(ConfigError, match="max_payload_bytes must be >= 1"):
+        WorkerConfig(max_payload_bytes=0)
+    with pytest.raises(ConfigError, match="batch_timeout_s must be a finite number >= 0"):
+        WorkerConfig(batch_timeout_s=float("nan"))
 
 
 class _PoisonedSolver:

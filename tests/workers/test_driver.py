@@ -173,3 +173,56 @@ def test_sigterm_stops_a_followed_directory_run_with_a_flushed_summary(ray_local
             proc.kill()
     assert proc.returncode == 0, err[-2000:]
     assert "images counted: 12" in out and "empty=1" in out and "stopped by signal" in out
+
+
+def test_bad_timestamps_duplicates_and_refused_streams_never_stop_a_redis_run(ray_local, text_config, redis_url,
+                                                                             redis_client, tmp_path):
+    """The probe's rows on one stream: a NaN/inf/1e400/year-9999 timestamp stopped the run and, never acknowledged,
+    crashed every restart; duplicate ids vanished from the counts; refused streams were not counted in Prometheus.
+    Now each is a dead letter with its reason, written before the entry is acknowledged, and the counts add up."""
+    from monitor.synthetic.captions import CaptionStream
+
+    from workers.deadletter import read_parquet_dead_letters
+
+    captions = list(CaptionStream(n=60, seed=3))
+    pipe = redis_client.pipeline(transaction=False)
+    expected: dict[str, str] = {}
+    for k, c in enumerate(captions):
+        fields = {"text": c.text, "ts": repr(c.timestamp), "uid": f"u{k}", "camera": f"cam{k % 2}"}
+        if k in (5, 17, 29, 41):
+            fields["ts"] = ["nan", "inf", "1e400", "9999-12-31T00:00:00"][(k - 5) // 12]
+            expected[f"u{k}"] = "bad_timestamp"
+        if k in (31, 50):
+            fields["uid"] = f"u{k - 20}"  # repeats an id sent earlier
+        if k in (7, 8, 9):
+            fields["camera"] = "cam-extra"  # a third stream, beyond --max-streams 2
+            expected[f"u{k}"] = "stream_limit"
+        pipe.xadd("caps", fields)
+    pipe.execute()
+    source = f"{redis_url}?stream=caps&group=g&drain=1&id_field=uid&stream_field=camera"
+    config = PipelineConfig(source=source, worker=text_config, workers=1, batch_size=8,
+                            monitor={**MONITOR, "max_streams": 2}, metrics_port=0,
+                            dead_letter=f"parquet://{tmp_path / 'dead'}")
+    scraped = {}
+
+    def started(info):
+        scraped["address"] = info["metrics_address"]
+
+    def scrape():  # the exporter lives in the aggregator actor: read it while the run is up
+        host, port = scraped["address"]
+        scraped["body"] = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+
+    summary = run_pipeline(config, on_started=started, on_progress=lambda done, dead: scrape())
+    assert summary.dead_letters == {"bad_timestamp": 4, "stream_limit": 3}
+    assert summary.duplicates == 2
+    assert summary.images == 60 - 4 - 3 - 2
+    assert summary.images + summary.dead_letters_total + summary.duplicates == 60
+    assert redis_client.xpending("caps", "g")["pending"] == 0  # all acknowledged, the bad ones included
+    letters = read_parquet_dead_letters(str(tmp_path / "dead")).to_pylist()
+    assert {d["item_id"]: d["reason"] for d in letters if d["reason"] != "duplicate"} == expected
+    assert sorted(d["item_id"] for d in letters if d["reason"] == "duplicate") == ["u11", "u30"]
+    # the last scrape after the last commit
+    assert 'splice_dead_letters_total{reason="stream_limit",stream="_over_limit"} 3.0' in scraped["body"]
+    assert 'splice_dead_letters_total{reason="bad_timestamp",stream="cam1"} ' in scraped["body"]
+    # a rerun on the same group finds nothing left to crash on
+    assert run_pipeline(config).images == 0

@@ -107,3 +107,17 @@ def test_no_password_in_dead_letters_logs_history_or_summary_after_a_run(
 
     logs = [p for p in Path(_global_node.get_session_dir_path(), "logs").rglob("*") if p.is_file()]
     assert logs and not [p for p in logs if secret in p.read_bytes()]
+
+
+def test_rediss_uri_opens_a_tls_connection_with_the_acl_user_and_the_environment_password():
+    """No TLS redis-server here: check what redis-py was asked to build, without connecting."""
+    import redis
+
+    from workers.redisconn import connect
+
+    client = connect("rediss://monitor@redis.data.svc:6380/0", environ={"SPLICE_REDIS_PASSWORD": PASSWORD})
+    pool = client.connection_pool
+    assert issubclass(pool.connection_class, redis.SSLConnection)
+    kwargs = pool.connection_kwargs
+    assert (kwargs["username"], kwargs["password"], kwargs["host"], kwargs["port"]) == \
+        ("monitor", PASSWORD, "redis.data.svc", 6380)

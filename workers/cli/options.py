@@ -46,6 +46,9 @@ def add_window_arguments(p: argparse.ArgumentParser, *, window: str = "1h", refe
                    help="size of the fixed reference (default: %(default)s)")
     g.add_argument("--ert", type=float, default=None,
                    help="expected number of items between false alarms (per stream, all concepts together)")
+    g.add_argument("--max-streams", type=int, default=None,
+                   help="streams monitored at most; items of further streams are dead-lettered as stream_limit "
+                        "(default 64; bounds memory and the metrics' label set)")
 
 
 def add_ray_arguments(p: argparse.ArgumentParser, *, workers: int = 1, batch_size: int = 64) -> None:
@@ -80,6 +83,11 @@ def monitor_options(args: argparse.Namespace) -> dict:
     }
     if args.ert is not None:
         opts["drift"] = {"ert": args.ert}
+    max_streams = getattr(args, "max_streams", None)
+    if max_streams is not None:
+        if max_streams < 1:
+            raise ConfigError(f"--max-streams must be >= 1, got {max_streams}")
+        opts["max_streams"] = max_streams
     return opts
 
 

@@ -389,29 +389,36 @@ monitor reads when a redis:// or rediss:// URI carries none. The URI itself neve
 {{- end -}}
 
 {{/*
-Probes. KubeRay's own defaults, written out so they are visible and testable: the head is ready once the GCS
-answers through the dashboard (this also gates the RayJob's submission and the metrics Service), and a node is alive
-while its raylet answers its agent. Both endpoints are health checks that token authentication leaves open.
+Probes, KubeRay's own checks written out so they are visible and testable: the head is ready once its raylet and
+the GCS (through the dashboard) answer, which also gates the RayJob's submission and the metrics Service; every
+node is alive while its raylet answers its agent. exec + wget to localhost, as KubeRay does, so no NetworkPolicy and
+no CNI's handling of kubelet traffic can fail them; both endpoints are health checks token authentication leaves
+open.
 */}}
 {{- define "splice-monitor.rayProbes" -}}
 {{- $p := .root.Values.ray.ports -}}
+{{- $raylet := printf "wget -T 2 -q -O- http://localhost:%d/api/local_raylet_healthz | grep success" (int $p.dashboardAgentListen) -}}
+{{- $gcs := printf "wget -T 2 -q -O- http://localhost:%d/api/gcs_healthz | grep success" (int $p.dashboard) -}}
 livenessProbe:
-  httpGet:
-    path: /api/local_raylet_healthz
-    port: {{ $p.dashboardAgentListen }}
+  exec:
+    command:
+      - sh
+      - -c
+      - {{ $raylet | quote }}
   initialDelaySeconds: 30
   periodSeconds: 5
   timeoutSeconds: 2
   failureThreshold: 120
 readinessProbe:
-  httpGet:
-    {{- if .head }}
-    path: /api/gcs_healthz
-    port: {{ $p.dashboard }}
-    {{- else }}
-    path: /api/local_raylet_healthz
-    port: {{ $p.dashboardAgentListen }}
-    {{- end }}
+  exec:
+    command:
+      - sh
+      - -c
+      {{- if .head }}
+      - {{ printf "%s && %s" $raylet $gcs | quote }}
+      {{- else }}
+      - {{ $raylet | quote }}
+      {{- end }}
   initialDelaySeconds: 10
   periodSeconds: 5
   timeoutSeconds: 2

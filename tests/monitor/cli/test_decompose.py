@@ -144,3 +144,40 @@ def test_console_script_runs(splice_cache_dir):
     rec = json.loads(proc.stdout)
     assert "car" in [c["concept"] for c in rec["concepts"]]
     assert proc.stderr.count("no calibrated modality mean") == 1
+
+
+def test_decompose_with_the_laion_vocabulary_names_the_objects(capsys, cache_args):
+    captions = {
+        "a skier on a snowy mountain": {"skier", "snowy", "snow", "ski", "mountain"},
+        "a surfer by the ocean": {"surfer", "ocean", "surf", "waves"},
+        "a chef next to the stove": {"chef", "stove", "kitchen"},
+        "a yellow taxi at a city intersection": {"taxi", "intersection", "cab"},
+    }
+    rc = main(["decompose", "--vocab", "laion", "--json", "--top", "3", *captions, *cache_args])
+    assert rc == 0
+    records = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [r["input"] for r in records] == list(captions)
+    for record, expected in zip(records, captions.values()):
+        top = [c["concept"] for c in record["concepts"]]
+        assert len(set(top[:2]) & expected) == 2, (record["input"], top)  # both leading concepts name the scene
+
+
+def test_quiet_keeps_stderr_free_of_notices(capsys, cache_args):
+    rc = main(["decompose", "--quiet", "--vocab", "laion", "a dog", "a cat", *cache_args])
+    assert rc == 0
+    err = capsys.readouterr().err
+    assert "decomposed 2 of 2" not in err
+
+
+def test_calibrate_compares_an_image_mean_with_the_published_one(capsys):
+    import argparse
+
+    from monitor.cli.calibrate import _compare_with_published
+    from monitor.concepts.published import load_published_mean, published_mean
+
+    published = load_published_mean(published_mean("ViT-B-32", "openai"))
+    _compare_with_published(argparse.Namespace(model="ViT-B-32", pretrained="openai"), published * 2)
+    out = capsys.readouterr().out
+    assert "means_clip_ViT-B-32_image.npy" in out and "cosine 1.0000 with yours" in out
+    _compare_with_published(argparse.Namespace(model="ViT-B-32", pretrained="random"), published)
+    assert capsys.readouterr().out == ""  # no published mean for random weights: nothing to compare

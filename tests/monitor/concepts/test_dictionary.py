@@ -165,3 +165,42 @@ def test_mean_file_never_unpickles(tmp_path):
         load_mean(path)
     with pytest.raises(ConfigError, match="does not exist.*splice-monitor calibrate"):
         load_mean(tmp_path / "absent.npy")
+
+
+class _Terminal:
+    """A stderr that says it is a terminal, so tqdm draws its bar into it."""
+
+    def __init__(self) -> None:
+        self.parts: list[str] = []
+
+    def write(self, text: str) -> int:
+        self.parts.append(text)
+        return len(text)
+
+    def flush(self) -> None:
+        pass
+
+    def isatty(self) -> bool:
+        return True
+
+    @property
+    def text(self) -> str:
+        return "".join(self.parts)
+
+
+def test_a_build_draws_a_progress_bar_on_a_terminal_only(counting, tiny_vocab, tmp_path, monkeypatch, capsys):
+    import sys
+
+    term = _Terminal()
+    monkeypatch.setattr(sys, "stderr", term)
+    build_dictionary(counting, tiny_vocab, cache_dir=tmp_path, use_cache=False)
+    assert "building the 40-concept dictionary (st:all-MiniLM-L6-v2)" in term.text and "40/40" in term.text
+
+    quiet = _Terminal()
+    monkeypatch.setattr(sys, "stderr", quiet)
+    build_dictionary(counting, tiny_vocab, cache_dir=tmp_path, use_cache=False, progress=False)
+    assert quiet.text == ""
+
+    monkeypatch.undo()  # back to pytest's captured (not a terminal) stderr
+    build_dictionary(counting, tiny_vocab, cache_dir=tmp_path, use_cache=False)
+    assert "building" not in capsys.readouterr().err

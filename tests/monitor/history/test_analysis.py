@@ -150,14 +150,14 @@ def test_compare_metadata_slices_uses_codes(store: HistoryStore, raw: Raw) -> No
     assert cmp.rows("up")[0]["concept"] == "c12"
 
 
-@pytest.mark.parametrize("granularity", ["hour", "day", "week"])
+@pytest.mark.parametrize("granularity", ["hour", "day", "week", "6h", "1w"])
 def test_trend_matches_direct_bucketing(store: HistoryStore, raw: Raw, granularity: str) -> None:
     concepts = [NAMES[RISER], NAMES[3], NAMES[FALLER]]
     start, end = T0 + 5 * 3600, T0 + 8 * 86400
     tr = trend(store, concepts, start=start, end=end, stream="cam-a", granularity=granularity)
     m = (raw.stream == "cam-a") & (raw.t >= start) & (raw.t < end)
-    width = {"hour": 3600, "day": 86400, "week": 7 * 86400}[granularity]
-    first = {"hour": start, "day": T0, "week": T0}[granularity]  # T0 is a Monday
+    width = {"hour": 3600, "day": 86400, "week": 7 * 86400, "6h": 21600, "1w": 7 * 86400}[granularity]
+    first = {"hour": start, "day": T0, "week": T0, "6h": T0, "1w": T0}[granularity]  # T0 is a Monday
     assert tr.bucket_start[0] == first
     b = ((raw.t[m] - first) // width).astype(int)
     nb = len(tr.bucket_start)
@@ -202,7 +202,7 @@ def test_cooccurrence_counts_match_dense_products(store: HistoryStore, raw: Raw)
 def test_cooccurrence_and_slices_explain_missing_codes(tmp_path: Path, raw: Raw) -> None:
     s = HistoryStore(tmp_path / "nocodes", concept_space=SPACE, concept_names=NAMES)
     s.write_windows(raw.windows()[:5])
-    with pytest.raises(NoDataError, match="needs per-image codes"):
+    with pytest.raises(NoDataError, match=r"needs per-image codes.*`splice-monitor run --write-codes`"):
         cooccur(s, Selection.make())
     with pytest.raises(NoDataError, match=r"metadata slice \{'label': 'cat'\} needs per-image codes"):
         compare(s, Selection.make(where={"label": "cat"}), Selection.make(where={"label": "dog"}))

@@ -126,3 +126,78 @@ def test_report_baseline_defaults_to_the_preceding_range(store: HistoryStore, tm
 def test_report_cli_requires_a_range(store: HistoryStore, tmp_path: Path, capsys) -> None:
     code = main(["history", "report", "--store", str(store.root), "--from", "2026-03-03", "-o", str(tmp_path / "x")])
     assert code == 2 and "needs --from and --to" in capsys.readouterr().err
+
+
+T1 = parse_time("2026-05-01T10:00:00Z")
+
+
+@pytest.fixture(scope="module")
+def short_store(tmp_path_factory) -> HistoryStore:
+    """50 one-minute windows; snow takes over in the last 25 minutes and raises two alarms."""
+    rng = np.random.default_rng(1)
+    s = HistoryStore(tmp_path_factory.mktemp("short"), concept_space="report-space", concept_names=NAMES)
+    windows = []
+    for m in range(50):
+        n = 60
+        p = np.array([0.03, 0.35, 0.3, 0.05, 0.2, 0.3, 0.2, 0.1])
+        if m >= 25:
+            p[0], p[1] = 0.5, 0.05
+        dense = (rng.random((n, len(NAMES))) < p) * rng.uniform(0.05, 0.4, (n, len(NAMES)))
+        start = T1 + 60.0 * m
+        windows.append(WindowSummary("cam-7", start, start + 60, n, dense.sum(0), (dense**2).sum(0),
+                                     (dense > 0).sum(0), fidelity_sum=0.8 * n, l0_sum=float((dense > 0).sum()),
+                                     concept_space="report-space"))
+    s.write_windows(windows)
+    s.write_alarms([
+        Alarm("cam-7", "prevalence", "down", 1, "beach", 0.35, 0.05, 0.1, 0.01, -0.8, 20.0, 1e-9,
+              T1 + 29 * 60, T1 + 30 * 60),
+        Alarm("cam-7", "prevalence", "up", 0, "snow", 0.03, 0.5, 0.01, 0.1, 1.2, 30.0, 1e-12,
+              T1 + 27 * 60, T1 + 28 * 60),
+        Alarm("cam-7", "prevalence", "up", 3, "traffic cone", 0.05, 0.06, 0.01, 0.01, 0.1, 5.0, 1e-3,
+              T1 + 10 * 60, T1 + 11 * 60),  # before the reported range: not listed
+    ])
+    return s
+
+
+def _section(text: str, heading_start: str) -> str:
+    return text.split(heading_start, 1)[1].split("<h2>", 1)[0]
+
+
+def test_a_25_minute_report_draws_minute_buckets_and_lists_its_alarms(short_store: HistoryStore) -> None:
+    text = render_report(short_store, start="2026-05-01T10:25:00Z", end="2026-05-01T10:50:00Z")
+    trend = _section(text, "<h2>Trend of the largest movers (per 1m)</h2>")
+    # baseline (10:00-10:25) and current range (10:25-10:50): 50 one-minute points instead of one
+    assert "50 buckets of 1m from 2026-05-01T10:00:00Z" in trend
+    alarms = _section(text, "<h2>Alarms in the current range (2)</h2>")
+    rows = re.findall(r"<tr><td>([^<]+)</td><td>([^<]+)</td><td class=concept>([^<]+)</td>", alarms)
+    assert [(fired, what) for fired, _, what in rows] == [
+        ("2026-05-01T10:28:00Z", "&#x27;snow&#x27; prevalence on cam-7: 3.0% -&gt; 50.0%"),
+        ("2026-05-01T10:30:00Z", "&#x27;beach&#x27; prevalence on cam-7: 35.0% -&gt; 5.0%"),
+    ]
+    assert rows[0][1] == "2026-05-01T10:27:00Z .. 2026-05-01T10:28:00Z"
+
+
+def test_granularity_flag_accepts_5m(short_store: HistoryStore, tmp_path: Path) -> None:
+    out = tmp_path / "r.html"
+    assert main(["history", "report", "--store", str(short_store.root), "--from", "2026-05-01T10:25:00Z",
+                 "--to", "2026-05-01T10:50:00Z", "--granularity", "5m", "-o", str(out)]) == 0
+    assert "10 buckets of 5m from 2026-05-01T10:00:00Z" in out.read_text(encoding="utf-8")
+
+
+def test_a_range_without_alarms_says_so(short_store: HistoryStore) -> None:
+    text = render_report(short_store, start="2026-05-01T10:40:00Z", end="2026-05-01T10:50:00Z")
+    assert "<h2>Alarms in the current range (0)</h2>" in text and "no alarm fired in this range" in text
+
+
+def test_auto_granularity_keeps_every_trend_between_a_few_and_60_points() -> None:
+    from monitor.cli.history import GRANULARITY_CHOICES
+    from monitor.history.analysis import GRANULARITIES
+    from monitor.history.report import auto_granularity
+
+    assert set(GRANULARITY_CHOICES) == set(GRANULARITIES)
+    cases = {25 * 60: "1m", 3600: "1m", 4 * 3600: "5m", 86400: "1h", 7 * 86400: "6h", 40 * 86400: "1d",
+             365 * 86400: "1w"}
+    for span, expected in cases.items():
+        gran = auto_granularity(0.0, float(span))
+        assert gran == expected, (span, gran)
+        assert span / GRANULARITIES[gran][0] <= 60

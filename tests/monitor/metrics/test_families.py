@@ -12,7 +12,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from monitor.errors import DEAD_LETTER_REASONS, ConfigError
-from monitor.metrics.families import FIDELITY_BUCKETS, METRICS, MonitorMetrics
+from monitor.metrics.families import FIDELITY_BUCKETS, METRICS, MonitorMetrics, OVER_LIMIT_STREAM
 from monitor.records import Alarm, SparseCodes, WindowSummary
 
 DOCS = Path(__file__).resolve().parents[3] / "docs" / "metrics.md"
@@ -366,6 +366,22 @@ def test_state_round_trip_keeps_every_series(names):
     assert reg2.get_sample_value("splice_images_total", {"stream": "s"}) == 200
     with pytest.raises(ConfigError, match="different concept space"):
         MonitorMetrics(names[:10], registry=None).load_state_dict(m.state_dict())
+
+
+def test_dead_letters_of_streams_beyond_the_limit_share_one_label_value():
+    reg = CollectorRegistry()
+    m = MonitorMetrics(["a", "b"], registry=reg, max_streams=2)
+    m.observe_dead_letter("s1", "bad_text")
+    m.observe_dead_letter("s2", "bad_text", n=2)
+    for k in range(5):  # five refused streams: no new label values
+        m.observe_dead_letter(f"extra-{k}", "stream_limit", n=3)
+    m.observe_dead_letter("extra-0", "duplicate")
+    assert sorted(m.streams) == ["s1", "s2"]
+    get = reg.get_sample_value
+    assert get("splice_dead_letters_total", {"stream": "s2", "reason": "bad_text"}) == 2
+    assert get("splice_dead_letters_total", {"stream": OVER_LIMIT_STREAM, "reason": "stream_limit"}) == 15
+    assert get("splice_dead_letters_total", {"stream": OVER_LIMIT_STREAM, "reason": "duplicate"}) == 1
+    assert get("splice_dead_letters_total", {"stream": OVER_LIMIT_STREAM, "reason": "bad_text"}) is None
 
 
 def test_the_newest_firing_alarm_says_when_it_fired(names):

@@ -20,3 +20,19 @@ def test_run_on_a_finite_source_pushes_its_final_counts_under_its_job_id(ray_loc
     # completion metrics only: no monitor state that would keep alerts firing after the job ended
     for name in ("splice_images_total", "splice_concept_alarm_firing", "splice_alarms_firing"):
         assert not pushed_samples(pushgateway, name, job="splice-run"), name
+
+
+def test_max_streams_flag_reaches_the_monitor_options_and_is_checked(capsys):
+    import argparse
+
+    import pytest
+
+    from monitor.errors import ConfigError
+    from workers.cli.run import build_config, register
+
+    parser = argparse.ArgumentParser()
+    register(parser.add_subparsers())
+    args = parser.parse_args(["run", "--source", "/tmp/x.parquet", "--max-streams", "500"])
+    assert build_config(args).monitor["max_streams"] == 500
+    with pytest.raises(ConfigError, match="--max-streams must be >= 1, got 0"):
+        build_config(parser.parse_args(["run", "--source", "/tmp/x.parquet", "--max-streams", "0"]))

@@ -1,0 +1,112 @@
+"""The aggregator's commit ledger: which batches are applied, in what order, and which item ids were counted.
+
+Three jobs, one state (saved and restored as a unit with the aggregator):
+
+- **exactly once per batch**: a batch is its source sequence number; a second commit of an applied or waiting
+  number is a duplicate and changes nothing;
+- **source order**: batches are applied in sequence order whatever order their commits arrive in (a batch retried
+  after a worker died commits late), so windows and alarms do not depend on faults or timing; an early batch waits
+  in the ledger until the ones before it are applied;
+- **duplicate ids**: an id counted in a batch not yet acknowledged at the source, or among the last ``recent_ids``
+  acknowledged items, is reported as already counted. Memory is bounded by the batches in flight and that window,
+  never by the number of items seen.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterator
+
+__all__ = ["CommitLedger"]
+
+
+class CommitLedger:
+    """Sequence numbers from 1, in source order, as the driver hands them out.
+
+    >>> ledger = CommitLedger(recent_ids=2)
+    >>> list(ledger.arrive(2, "second"))  # early: waits for batch 1
+    []
+    >>> [seq for seq, _ in ledger.arrive(1, "first")]
+    [1, 2]
+    >>> ledger.record(1, ["a"]); ledger.record(2, ["b"]); ledger.release([1, 2])
+    >>> ledger.counted_in("a"), ledger.seen(2), ledger.size()
+    (1, True, 0)
+    """
+
+    def __init__(self, recent_ids: int = 65_536) -> None:
+        if recent_ids < 0:
+            raise ValueError(f"recent_ids must be >= 0, got {recent_ids!r}")
+        self.recent_ids = int(recent_ids)
+        self.next_seq = 1  # every batch below this is applied
+        self._waiting: dict[int, Any] = {}  # committed early, applied when the gap fills
+        self._open: dict[int, list[str]] = {}  # applied, not yet acknowledged: seq -> its item ids
+        self._open_ids: dict[str, int] = {}
+        self._recent: dict[str, int] = {}  # ids of acknowledged batches, oldest first, capped at recent_ids
+        self._released_early: set[int] = set()  # acknowledged while still waiting
+
+    def seen(self, seq: int) -> bool:
+        """Whether batch ``seq`` is applied or waiting (a second commit of it must change nothing)."""
+        return seq < self.next_seq or seq in self._waiting
+
+    def arrive(self, seq: int, payload: Any) -> Iterator[tuple[int, Any]]:
+        """Take batch ``seq`` (not :meth:`seen`); yield, in order, every batch that can now be applied. The caller
+        applies each one and then calls :meth:`record` for it."""
+        self._waiting[seq] = payload
+        while self.next_seq in self._waiting:
+            seq = self.next_seq
+            yield seq, self._waiting[seq]
+            # only once the caller applied it: a batch whose application failed is not marked applied
+            del self._waiting[seq]
+            self.next_seq += 1
+
+    def abandon(self, seq: int) -> None:
+        """Applying batch ``seq`` failed before it changed anything: forget it, so that a retry is applied."""
+        self._waiting.pop(seq, None)
+
+    def drain(self) -> Iterator[tuple[int, Any]]:
+        """Every waiting batch in order, gaps or not (the end of a run where an earlier batch was given up on)."""
+        for seq in sorted(self._waiting):
+            yield seq, self._waiting[seq]
+            del self._waiting[seq]
+            self.next_seq = seq + 1
+
+    def waiting(self, seq: int) -> bool:
+        return seq in self._waiting
+
+    def record(self, seq: int, ids: list[str]) -> None:
+        """Batch ``seq`` was applied and counted ``ids``."""
+        self._open[seq] = list(ids)
+        for i in ids:
+            self._open_ids[i] = seq
+        if seq in self._released_early:
+            self._released_early.discard(seq)
+            self._forget(seq)
+
+    def release(self, seqs) -> None:
+        """The source acknowledged these batches: their ids move to the bounded window of recent ids."""
+        for seq in seqs:
+            if seq in self._waiting:
+                self._released_early.add(seq)
+            else:
+                self._forget(seq)
+
+    def _forget(self, seq: int) -> None:
+        for i in self._open.pop(seq, ()):
+            if self._open_ids.get(i) == seq:
+                del self._open_ids[i]
+                self._recent.pop(i, None)
+                self._recent[i] = seq
+        while len(self._recent) > self.recent_ids:
+            del self._recent[next(iter(self._recent))]
+
+    def counted_in(self, item_id: str) -> int | None:
+        """The batch that counted ``item_id`` (not yet acknowledged, or among the recent acknowledged ones)."""
+        seq = self._open_ids.get(item_id)
+        return seq if seq is not None else self._recent.get(item_id)
+
+    def size(self) -> int:
+        """Entries held for batches in flight (the recent-id window, bounded by ``recent_ids``, is not counted)."""
+        return len(self._open_ids) + len(self._open) + len(self._waiting)
+
+    @property
+    def recent_count(self) -> int:
+        return len(self._recent)
