@@ -20,6 +20,8 @@ import traceback
 from datetime import datetime, timezone
 from typing import Any, Callable
 
+from monitor.errors import ConfigError
+
 # Sizes per mode: full runs fit in about 5 minutes on an H100/H200 (most of it one-off start-up and data generation).
 FULL = {"solver_batches": (4096, 16384, 65536), "solver_repeats": 3, "encoder_batches": (256, 1024),
         "encoder_iters": 10, "encoder_repeats": 2, "jpeg_count": 1024, "jpeg_sizes": (256, 512), "jpeg_repeats": 3,
@@ -288,10 +290,10 @@ def run(args: argparse.Namespace) -> dict:
     parts = [p.strip() for p in args.parts.split(",") if p.strip()]
     bad = [p for p in parts if p not in PARTS]
     if bad:
-        raise ValueError(f"--parts: unknown part(s) {bad}; choose from {', '.join(PARTS)}")
+        raise ConfigError(f"--parts: unknown part(s) {bad}; choose from {', '.join(PARTS)}")
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--device {args.device}: CUDA is not available on this machine")
+        raise ConfigError(f"--device {args.device}: CUDA is not available on this machine")
     sizes = QUICK if args.quick else FULL
     t0 = time.perf_counter()
     result: dict[str, Any] = {
