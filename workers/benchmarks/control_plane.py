@@ -122,6 +122,10 @@ def _summarise(result: dict[str, Any]) -> None:
             base = ref["img_per_s_1_thread"] if r["workers"] == 1 else ref["img_per_s_all_threads"]
             r["vs_bench_solver"] = r["items_per_s"] / base
             result[f"vs_bench_solver_{r['source']}_{r['workers']}w"] = r["vs_bench_solver"]
+            if "cpu_us_per_item" in r:  # the share of the workers' CPU that is the solve itself
+                share = ref["cpu_us_per_item_1_thread"] / r["cpu_us_per_item"]["workers"]
+                r["solver_cpu_share"] = share
+                result[f"solver_cpu_share_{r['source']}_{r['workers']}w"] = share
 
 
 def _write_vocab(path: str, n: int) -> None:
@@ -201,8 +205,10 @@ def _one(args, uri: str, vocab: str, solver: str, workers: int, n: int, redis, h
     out: dict[str, Any] = {"items": n, "elapsed_s": round(elapsed, 3), "items_per_s": marks["done"] / elapsed,
                            "batches": summary.batches, "windows_closed": summary.windows_closed}
     if "cpu1" in marks:
-        out["cpu_cores"] = {role: round((marks["cpu1"][role] - marks["cpu0"].get(role, 0.0)) / elapsed, 3)
-                            for role in marks["cpu1"]}
+        spent = {role: marks["cpu1"][role] - marks["cpu0"].get(role, 0.0) for role in marks["cpu1"]}
+        out["cpu_cores"] = {role: round(v / elapsed, 3) for role, v in spent.items()}
+        # CPU per item is what a busy machine distorts least; 1e6 / it is the role's ceiling on one free core
+        out["cpu_us_per_item"] = {role: round(1e6 * v / n, 1) for role, v in spent.items()}
     if profiler is not None:
         out["driver_profile"] = _top(profiler)
     return out
@@ -268,6 +274,8 @@ def _solver_reference(args, vocab: str, tmp: str) -> dict[str, Any]:
                                     encoder_batch=None, encoder_batches=1, seed=0)
             r = solver_bench.run(ns)
             out[f"img_per_s_{key}"] = r["solver_img_per_s"]
+            # CPU per item (all threads): unlike wall time, hardly moved by other work on a shared machine
+            out[f"cpu_us_per_item_{key}"] = 1e3 * r["solver_cpu_ms_per_batch"] / args.batch_size
             out["certificate_gap_max"] = r["certificate_gap_max"]
             out["mean_l0"] = r["mean_l0"]
     finally:

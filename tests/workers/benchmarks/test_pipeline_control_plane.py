@@ -12,8 +12,8 @@ import pytest
 from monitor.errors import ConfigError
 from workers.benchmarks import pipeline as bench
 
-RUN_KEYS = {"items", "elapsed_s", "items_per_s", "batches", "windows_closed", "cpu_cores", "source", "solver",
-            "workers"}
+RUN_KEYS = {"items", "elapsed_s", "items_per_s", "batches", "windows_closed", "cpu_cores", "cpu_us_per_item",
+            "source", "solver", "workers"}
 
 
 def _args(*argv):
@@ -35,16 +35,20 @@ def test_control_plane_counts_every_item_on_both_sources_with_the_solver_on_and_
         assert r["items"] == (700 if solver == "off" else 300)  # the bench raises unless every item was counted
         assert r["batches"] == -(-r["items"] // 64)
         assert r["items_per_s"] > 0
-        assert {"driver", "aggregator", "workers", "ray_system"} <= set(r["cpu_cores"])
+        assert {"driver", "aggregator", "workers", "ray_system"} <= set(r["cpu_cores"]) == set(r["cpu_us_per_item"])
+        assert r["cpu_us_per_item"]["driver"] > 0 and r["cpu_us_per_item"]["workers"] > 0
         assert ("redis" in r["cpu_cores"]) == (source == "redis")
         assert r["driver_profile"] and {"function", "own_s", "cum_s", "calls"} <= set(r["driver_profile"][0])
         assert result[f"items_per_s_{source}_solver_{solver}_1w"] == r["items_per_s"]
     ref = result["solver_bench"]
     assert ref["img_per_s_1_thread"] > 0 and ref["img_per_s_all_threads"] > 0
+    assert ref["cpu_us_per_item_1_thread"] > 0
     assert ref["certificate_gap_max"] <= 1e-4
     for source in ("parquet", "redis"):
         assert result[f"vs_bench_solver_{source}_1w"] == pytest.approx(
             runs[(source, "on")]["items_per_s"] / ref["img_per_s_1_thread"])
+        assert result[f"solver_cpu_share_{source}_1w"] == pytest.approx(
+            ref["cpu_us_per_item_1_thread"] / runs[(source, "on")]["cpu_us_per_item"]["workers"])
 
 
 @pytest.mark.parametrize("argv, match", [
