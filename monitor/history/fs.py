@@ -198,6 +198,7 @@ def is_visible(name: str) -> bool:
 # rule is about processes: within one, batch ids already keep concurrent writes apart).
 _HELD: dict[str, list] = {}  # lock path -> [FileLock, number of holders in this process]
 _HELD_GUARD = threading.Lock()
+_ACQUIRE_GUARD = threading.Lock()
 
 
 class WriterLock:
@@ -229,32 +230,30 @@ class WriterLock:
         from filelock import FileLock, Timeout
 
         wait = self.timeout_s if timeout_s is None else float(timeout_s)
-        with _HELD_GUARD:
-            entry = _HELD.get(self._path)
-            if entry is not None:
-                entry[1] += 1
-                self.held = True
-                return True
-        self.fs.makedirs(self.fs.base)
-        lock = FileLock(self._path, thread_local=False)
-        try:
-            lock.acquire(timeout=wait)
-        except Timeout:
-            raise ConfigError(
-                f"history store {self.location!r} is being written by another process ({self.holder()}); one "
-                f"writer per store: stop that writer, wait for it to finish, or write to another store directory "
-                f"(lock file {self._path})"
-            ) from None
-        with _HELD_GUARD:
-            entry = _HELD.get(self._path)
-            if entry is None:
+        # One thread at a time acquires: two threads of one process opening the lock file separately would
+        # exclude each other (flock belongs to an open file), and they are the same writer.
+        with _ACQUIRE_GUARD:
+            with _HELD_GUARD:
+                entry = _HELD.get(self._path)
+                if entry is not None:
+                    entry[1] += 1
+                    self.held = True
+                    return True
+            self.fs.makedirs(self.fs.base)
+            lock = FileLock(self._path, thread_local=False)
+            try:
+                lock.acquire(timeout=wait)
+            except Timeout:
+                raise ConfigError(
+                    f"history store {self.location!r} is being written by another process ({self.holder()}); one "
+                    f"writer per store: stop that writer, wait for it to finish, or write to another store "
+                    f"directory (lock file {self._path})"
+                ) from None
+            doc = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.time(),
+                   "purpose": purpose or self.purpose}
+            atomic_write_bytes(Path(self._path).with_name(self.HOLDER_NAME), json.dumps(doc).encode())
+            with _HELD_GUARD:
                 _HELD[self._path] = [lock, 1]
-                doc = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.time(),
-                       "purpose": purpose or self.purpose}
-                atomic_write_bytes(Path(self._path).with_name(self.HOLDER_NAME), json.dumps(doc).encode())
-            else:  # another thread of this process got there first
-                entry[1] += 1
-                lock.release()
         self.held = True
         return True
 

@@ -335,3 +335,17 @@ def test_version_1_rows_read_as_unnumbered_windows(tmp_path: Path) -> None:
     (w,) = store.read_windows()
     assert (w.index, w.n_images) == (-1, 100)
     assert np.all(w.presence == 10)
+
+
+def test_threads_of_one_process_are_one_writer(tmp_path: Path) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    HistoryStore(tmp_path / "h", concept_space=SPACE, concept_names=NAMES).close()
+    stores = [HistoryStore(tmp_path / "h", lock_timeout_s=1.0) for _ in range(4)]
+    with ThreadPoolExecutor(4) as pool:  # every thread's first write races for the lock
+        done = list(pool.map(lambda i: stores[i].write_windows([window(f"s{i}", T0, index=i)]), range(4)))
+    assert done == [1, 1, 1, 1]
+    assert sorted(w.stream for w in HistoryStore.open(tmp_path / "h").read_windows()) == ["s0", "s1", "s2", "s3"]
+    for s in stores:
+        s.close()
+    assert not (tmp_path / "h" / ".writer.json").exists()
