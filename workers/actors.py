@@ -16,7 +16,8 @@ from typing import Any
 import numpy as np
 
 from monitor.records import Alarm, ItemMeta, SparseCodes, WindowSummary
-from workers.core import DeadLetter, Partial, Worker, WorkerConfig
+from workers.core import Worker, WorkerConfig
+from workers.items import DeadLetter, Partial
 from workers.ledger import CommitLedger
 
 __all__ = ["WorkerHost", "AggregatorConfig", "AggregatorCore", "CommitResult", "worker_actor_class",

@@ -18,7 +18,7 @@ from typing import Iterable
 from monitor.atomic import atomic_write_bytes
 from monitor.errors import ConfigError, PipelineError
 from monitor.uris import redact_text, redact_uri
-from workers.core import DeadLetter
+from workers.items import DeadLetter
 
 __all__ = ["DeadLetterSink", "MemorySink", "ParquetSink", "RedisSink", "open_sink", "read_parquet_dead_letters"]
 

@@ -9,7 +9,7 @@ import numpy as np
 
 from monitor.records import ItemMeta, SparseCodes
 from monitor.drift.monitor import DEFAULT_MAX_STREAMS
-from workers.core import Partial
+from workers.items import Partial
 from monitor.errors import PipelineError
 from monitor.metrics.families import OVER_LIMIT_STREAM
 from workers.actors import AggregatorConfig, AggregatorCore

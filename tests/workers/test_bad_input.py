@@ -20,7 +20,8 @@ from PIL import Image
 from monitor.cli.main import main as cli_main
 from monitor.errors import ConfigError
 from monitor.records import ItemMeta
-from workers.core import Worker, WorkItem
+from workers.core import Worker
+from workers.items import WorkItem
 from tests.workers.helpers import jpeg_bytes
 from workers.deadletter import read_parquet_dead_letters
 from workers.driver import PipelineConfig, run_pipeline

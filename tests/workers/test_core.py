@@ -8,7 +8,8 @@ import pytest
 
 from monitor.errors import ConfigError
 from monitor.records import ItemMeta
-from workers.core import Worker, WorkerConfig, WorkItem
+from workers.core import Worker, WorkerConfig
+from workers.items import WorkItem
 
 CAPTIONS = ["a skier on a snowy mountain in deep snow", "a red car on a busy street at rush hour",
             "a chef cooking pasta in a kitchen", "children building a sand castle on the beach"]

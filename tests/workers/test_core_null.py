@@ -6,7 +6,8 @@ from __future__ import annotations
 import pytest
 
 from monitor.records import ItemMeta
-from workers.core import Worker, WorkerConfig, WorkItem
+from workers.core import Worker, WorkerConfig
+from workers.items import WorkItem
 
 
 def _items(n):

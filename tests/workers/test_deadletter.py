@@ -11,7 +11,7 @@ import pytest
 
 from monitor.errors import ConfigError, PipelineError
 from tests.workers.helpers import free_port
-from workers.core import DeadLetter
+from workers.items import DeadLetter
 from workers.deadletter import open_sink, read_parquet_dead_letters
 
 

@@ -12,7 +12,7 @@ import pytest
 
 from monitor.history.store import HistoryStore
 from monitor.records import ItemMeta, SparseCodes
-from workers.core import DeadLetter, Partial
+from workers.items import DeadLetter, Partial
 from tests.workers.helpers import add_captions, caption_parquet
 from workers.actors import AggregatorConfig, AggregatorCore
 from workers.driver import PipelineConfig, run_pipeline

@@ -226,7 +226,8 @@ def _worker(device, sizes: dict, l1: float, tol: float) -> dict:
     from monitor.concepts.vocab import Vocabulary
     from monitor.records import ItemMeta
     from monitor.synthetic.problems import make_dictionary
-    from workers.core import Worker, WorkItem
+    from workers.core import Worker
+    from workers.items import WorkItem
 
     precision = "fp16" if device.type == "cuda" else "fp32"
     runs = [r for r in sizes["e2e_runs"] if device.type == "cuda" or r[0] == "pil_decode"]

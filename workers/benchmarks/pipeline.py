@@ -105,7 +105,7 @@ def _vocab_file(args, directory: str) -> str:
 
 def _items(jpegs: list[bytes]):
     from monitor.records import ItemMeta
-    from workers.core import WorkItem
+    from workers.items import WorkItem
 
     return [WorkItem(meta=ItemMeta(id=f"img-{i}", timestamp=1_700_000_000.0 + i), payload=b, kind="image")
             for i, b in enumerate(jpegs)]

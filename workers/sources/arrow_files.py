@@ -10,7 +10,7 @@ from typing import Any
 
 from monitor.errors import ConfigError
 from monitor.records import ItemMeta
-from workers.core import WorkItem
+from workers.items import WorkItem
 from workers.sources.base import Source, SourceBatch
 from workers.sources.timestamps import EpochSeconds, timestamp_error
 

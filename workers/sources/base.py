@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from monitor.errors import ConfigError
-from workers.core import WorkItem
+from workers.items import WorkItem
 
 __all__ = ["SourceBatch", "Source", "option_bool"]
 

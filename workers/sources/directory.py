@@ -8,7 +8,7 @@ from pathlib import Path
 
 from monitor.errors import BadInput, ConfigError
 from monitor.records import ItemMeta
-from workers.core import WorkItem
+from workers.items import WorkItem
 from workers.sources.base import Source, SourceBatch, option_bool
 from workers.sources.paths import DEFAULT_MAX_PAYLOAD_BYTES, read_path_payload
 from workers.sources.timestamps import check_event_time

@@ -11,7 +11,7 @@ import uuid
 from monitor.errors import ConfigError
 from monitor.records import ItemMeta
 from monitor.uris import redact_uri
-from workers.core import WorkItem
+from workers.items import WorkItem
 from workers.sources.base import Source, SourceBatch, option_bool
 from workers.sources.timestamps import timestamp_error
 
