@@ -16,11 +16,12 @@ from typing import Any
 import numpy as np
 
 from monitor.records import Alarm, ItemMeta, SparseCodes, WindowSummary
+from workers.config import AggregatorConfig, HistoryReference
 from workers.core import Worker, WorkerConfig
 from workers.items import DeadLetter, Partial
 from workers.ledger import CommitLedger
 
-__all__ = ["WorkerHost", "AggregatorConfig", "AggregatorCore", "CommitResult", "worker_actor_class",
+__all__ = ["WorkerHost", "AggregatorCore", "CommitResult", "worker_actor_class",
            "aggregator_actor_class"]
 
 
@@ -48,22 +49,6 @@ class WorkerHost:
 
     def process(self, items: list) -> Partial:
         return self.worker.process(items)
-
-
-@dataclass(frozen=True)
-class AggregatorConfig:
-    """What the aggregator owns besides the commit ledger: monitor options, exporter port, history and dead letters."""
-
-    monitor: dict[str, Any] = field(default_factory=dict)  # keyword options of the concept monitor
-    metrics_port: int | None = None
-    metrics_host: str = "127.0.0.1"  # the chart passes 0.0.0.0 (--metrics-host); a laptop run exposes nothing
-    encoder: str = ""  # for splice_build_info
-    history: str | None = None
-    write_codes: bool = False
-    dead_letter: str | None = None
-    keep_alarms: int = 1000
-    reference_history: dict[str, Any] | None = None  # {"store", "start", "end"}: load the reference from history
-    recent_ids: int = 65_536  # ids of acknowledged batches remembered to catch repeated ids (bounded memory)
 
 
 @dataclass
@@ -120,8 +105,8 @@ class AggregatorCore:
         self.sink = open_sink(config.dead_letter)
         self.reference_streams: list[str] = []  # streams whose own stored windows form their reference
         self._fallback_reference: WindowSummary | None = None  # all streams merged, for streams new to history
-        if config.reference_history:
-            self._load_history_reference(**config.reference_history)
+        if config.reference_history is not None:
+            self._load_history_reference(config.reference_history)
         self.ledger = CommitLedger(recent_ids=config.recent_ids)
         self.counted = 0
         self.batches = 0
@@ -270,12 +255,13 @@ class AggregatorCore:
 
     # -- reference from the history store -------------------------------------------------------------------------
 
-    def _load_history_reference(self, store: str, start: float, end: float) -> None:
+    def _load_history_reference(self, ref: HistoryReference) -> None:
         """Each stream stored in [start, end) gets its own merged windows as reference; a stream the store does not
         hold is compared with all stored streams merged. No stored images in the range is a ConfigError."""
         from monitor.errors import ConfigError
         from monitor.history.store import HistoryStore, NoDataError
 
+        store, start, end = ref.store, ref.start, ref.end
         hist = HistoryStore.open(store)
         if list(hist.concept_names) != self.concept_names:
             raise ConfigError(f"reference store {hist.location!r} holds concept space {hist.concept_space!r} "
@@ -474,22 +460,12 @@ class AggregatorCore:
 # those contracts is a change here only.
 
 
-def monitor_config(options: dict[str, Any], concept_space: str = ""):
-    """``MonitorConfig`` from plain options ({"window": {...}, "reference": {...}, "drift": {...}}); bad keys or
-    values are a ConfigError naming them."""
-    from monitor.errors import ConfigError
-    from monitor.drift.monitor import MonitorConfig
+def _make_monitor(concept_names: list[str], concept_space: str, config):
+    from dataclasses import replace
 
-    try:
-        return MonitorConfig.from_dict({**options, "concept_space": concept_space})
-    except (TypeError, ValueError) as exc:
-        raise ConfigError(f"monitor options: {exc}") from None
-
-
-def _make_monitor(concept_names: list[str], concept_space: str, options: dict[str, Any]):
     from monitor.drift.monitor import ConceptMonitor
 
-    return ConceptMonitor(concept_names, monitor_config(options, concept_space))
+    return ConceptMonitor(concept_names, replace(config, concept_space=concept_space))
 
 
 def _pop_closed_windows(monitor) -> list[WindowSummary]:
@@ -564,6 +540,32 @@ def _make_history(root: str, concept_names: list[str], concept_space: str):
 # Ray actor classes
 
 
+def _hosted(cls):
+    """``cls`` as an actor body whose start-up errors stay typed.
+
+    Ray reports an exception raised in an actor's constructor as an ``ActorDiedError`` that no longer carries the
+    exception, so a ConfigError (unknown model, dimension mismatch, port in use) would reach the driver as text.
+    The hosted class keeps a SpliceError raised while starting and raises it again from ``ready()``, the driver's
+    first call, where Ray hands it over as the task error's typed ``cause``."""
+    from monitor.errors import SpliceError
+
+    class Hosted(cls):
+        def __init__(self, *args, **kwargs) -> None:
+            self._startup_error = None
+            try:
+                super().__init__(*args, **kwargs)
+            except SpliceError as exc:
+                self._startup_error = exc
+
+        def ready(self) -> bool:
+            if self._startup_error is not None:
+                raise self._startup_error
+            return True
+
+    Hosted.__name__ = Hosted.__qualname__ = cls.__name__
+    return Hosted
+
+
 def worker_actor_class(*, num_cpus: float = 1.0, num_gpus: float = 0.0, max_restarts: int = -1,
                        max_task_retries: int = 0):
     """The Worker actor class with its resource request. Task retries default to 0: the driver resubmits a failed
@@ -571,7 +573,7 @@ def worker_actor_class(*, num_cpus: float = 1.0, num_gpus: float = 0.0, max_rest
     import ray
 
     return ray.remote(num_cpus=num_cpus, num_gpus=num_gpus, max_restarts=max_restarts,
-                      max_task_retries=max_task_retries)(WorkerHost)
+                      max_task_retries=max_task_retries)(_hosted(WorkerHost))
 
 
 def aggregator_actor_class(*, max_restarts: int = 0):
@@ -582,4 +584,4 @@ def aggregator_actor_class(*, max_restarts: int = 0):
     # Pinned to the head node: on Kubernetes the chart puts the metrics Service, the monitors and the history volume
     # on the Ray head (whose num-cpus is 0, so workers never land there); a local Ray has one node, the head.
     return ray.remote(num_cpus=0, max_restarts=max_restarts,
-                      resources={"node:__internal_head__": 0.001})(AggregatorCore)
+                      resources={"node:__internal_head__": 0.001})(_hosted(AggregatorCore))

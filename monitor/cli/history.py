@@ -117,14 +117,14 @@ def _baseline_args(p: argparse.ArgumentParser) -> None:
 
 def _wrap(fn):
     def run(args: argparse.Namespace) -> int:
-        from monitor.errors import ConfigError
-        from monitor.history.store import NoDataError
+        from monitor.errors import ConfigError, SpliceError
 
         try:
             return fn(args) or 0
-        except (ConfigError, NoDataError, ValueError) as exc:
-            print(f"splice-monitor history {args.history_action}: error: {exc}", file=sys.stderr)
-            return 2
+        except SpliceError:
+            raise
+        except ValueError as exc:  # a value the analysis refused (bad slice, unknown concept): a usage error
+            raise ConfigError(str(exc)) from exc
 
     return run
 

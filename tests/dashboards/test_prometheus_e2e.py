@@ -282,7 +282,8 @@ def test_a_finished_batch_job_leaves_no_alert_firing(servers):
     """The driver's end-of-job push (a backfill that raised alarms) reaches Prometheus through the Pushgateway and,
     evaluated by the same rules, fires nothing. The control: the registry the job used to push (monitor state with
     a firing alarm) does fire, for as long as the group stays on the gateway, which is what this test guards."""
-    from workers.driver import PipelineConfig, _push_batch_result
+    from workers.config import PipelineConfig
+    from workers.driver import _push_batch_result
 
     prom, gateway = servers["prom"], servers["pushgateway"]
     config = PipelineConfig(source="archive.parquet", pushgateway=gateway, push_job="splice-backfill",

@@ -8,14 +8,17 @@ from __future__ import annotations
 import numpy as np
 
 from monitor.records import ItemMeta, SparseCodes
-from monitor.drift.monitor import DEFAULT_MAX_STREAMS
+from dataclasses import replace
+
+from monitor.drift.monitor import DEFAULT_MAX_STREAMS, MonitorConfig, ReferenceConfig, WindowConfig
 from workers.items import Partial
 from monitor.errors import PipelineError
 from monitor.metrics.families import OVER_LIMIT_STREAM
-from workers.actors import AggregatorConfig, AggregatorCore
+from workers.actors import AggregatorCore
+from workers.config import AggregatorConfig, HistoryReference
 
 NAMES = [f"concept{j}" for j in range(12)]
-MONITOR = {"window": {"kind": "count", "size": 50}, "reference": {"mode": "fixed", "n_images": 100}}
+MONITOR = MonitorConfig(window=WindowConfig(kind="count", size=50), reference=ReferenceConfig(mode="fixed", n_images=100))
 
 
 def _partial(streams: list[str], prefix: str = "i", seed: int = 0) -> Partial:
@@ -61,7 +64,7 @@ def test_streams_beyond_the_metrics_limit_are_dead_lettered_and_a_retry_counts_n
 
 
 def test_the_smaller_of_the_monitor_and_metrics_limits_applies_and_names_its_setting():
-    agg = AggregatorCore(AggregatorConfig(monitor={**MONITOR, "max_streams": 3}, metrics_port=0,
+    agg = AggregatorCore(AggregatorConfig(monitor=replace(MONITOR, max_streams=3), metrics_port=0,
                                           metrics_host="127.0.0.1"), NAMES, "space")
     try:
         assert agg.stream_limit()[0] == 3 and "MonitorConfig.max_streams" in agg.stream_limit()[1]
@@ -78,7 +81,7 @@ def test_the_smaller_of_the_monitor_and_metrics_limits_applies_and_names_its_set
     finally:
         agg.close()
     # one setting (--max-streams) raises both limits: the metrics follow the monitor's max_streams
-    big = AggregatorCore(AggregatorConfig(monitor={**MONITOR, "max_streams": 500}, metrics_port=0,
+    big = AggregatorCore(AggregatorConfig(monitor=replace(MONITOR, max_streams=500), metrics_port=0,
                                           metrics_host="127.0.0.1"), NAMES, "space")
     try:
         limit, setting = big.stream_limit()
@@ -88,7 +91,7 @@ def test_the_smaller_of_the_monitor_and_metrics_limits_applies_and_names_its_set
 
 
 def test_without_metrics_the_monitor_limit_alone_applies():
-    agg = AggregatorCore(AggregatorConfig(monitor={**MONITOR, "max_streams": 2}), NAMES, "space")
+    agg = AggregatorCore(AggregatorConfig(monitor=replace(MONITOR, max_streams=2)), NAMES, "space")
     result = agg.commit(1, _partial(["x", "y", "z", "x"]))
     assert (result.counted, result.dead_letters) == (3, 1)
     assert agg.commit(1, _partial(["x", "y", "z", "x"])).duplicate
@@ -101,8 +104,8 @@ def test_history_reference_loads_each_stored_stream_and_gives_new_streams_all_st
     writer.commit(1, _partial(["a"] * 100))
     writer.flush()
     writer.close()
-    agg = AggregatorCore(AggregatorConfig(monitor=MONITOR, reference_history={"store": store, "start": 0.0,
-                                                                              "end": 2000.0}), NAMES, "space")
+    agg = AggregatorCore(AggregatorConfig(monitor=MONITOR, reference_history=HistoryReference(store, 0.0, 2000.0)),
+                         NAMES, "space")
     assert agg.reference_streams == ["a"]
     assert agg.monitor.status("a").reference_mode == "history" and agg.monitor.status("a").reference_ready
     agg.commit(1, _partial(["b"] * 10, prefix="b"))

@@ -18,13 +18,15 @@ import pytest
 from PIL import Image
 
 from monitor.cli.main import main as cli_main
+from monitor.drift.monitor import MonitorConfig, ReferenceConfig, WindowConfig
 from monitor.errors import ConfigError
 from monitor.records import ItemMeta
 from workers.core import Worker
 from workers.items import WorkItem
 from tests.workers.helpers import jpeg_bytes
 from workers.deadletter import read_parquet_dead_letters
-from workers.driver import PipelineConfig, run_pipeline
+from workers.config import PipelineConfig
+from workers.driver import run_pipeline
 
 
 def _png(arr: np.ndarray, mode: str, **info) -> bytes:
@@ -93,7 +95,7 @@ def test_pipeline_counts_the_good_and_dead_letters_the_bad_with_reasons(ray_loca
     config = PipelineConfig(
         source=f"parquet://{path}?image_column=image&timestamp_column=ts&id_column=name",
         worker=image_config, workers=2, batch_size=7,
-        monitor={"window": {"kind": "count", "size": 10}, "reference": {"n_images": 10}},
+        monitor=MonitorConfig(window=WindowConfig(kind="count", size=10), reference=ReferenceConfig(n_images=10)),
         dead_letter=f"parquet://{tmp_path / 'dead'}", metrics_port=0)
     summary = run_pipeline(config)
     expected_dead = {}

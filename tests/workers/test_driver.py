@@ -5,15 +5,18 @@ a stop request commits what is in flight, acknowledges it and flushes."""
 from __future__ import annotations
 
 import re
+from dataclasses import replace
 import threading
 import urllib.request
 
+from monitor.drift.monitor import MonitorConfig, ReferenceConfig, WindowConfig
 from monitor.history.store import HistoryStore
 from monitor.cli.main import main as cli_main
 from tests.workers.helpers import add_captions, caption_parquet
-from workers.driver import PipelineConfig, run_pipeline
+from workers.config import PipelineConfig
+from workers.driver import run_pipeline
 
-MONITOR = {"window": {"kind": "count", "size": 100}, "reference": {"mode": "fixed", "n_images": 200}}
+MONITOR = MonitorConfig(window=WindowConfig(kind="count", size=100), reference=ReferenceConfig(mode="fixed", n_images=200))
 
 
 def test_parquet_captions_are_counted_exactly_once_with_two_workers(ray_local, text_config, tmp_path):
@@ -201,7 +204,7 @@ def test_bad_timestamps_duplicates_and_refused_streams_never_stop_a_redis_run(ra
     pipe.execute()
     source = f"{redis_url}?stream=caps&group=g&drain=1&id_field=uid&stream_field=camera"
     config = PipelineConfig(source=source, worker=text_config, workers=1, batch_size=8,
-                            monitor={**MONITOR, "max_streams": 2}, metrics_port=0,
+                            monitor=replace(MONITOR, max_streams=2), metrics_port=0,
                             dead_letter=f"parquet://{tmp_path / 'dead'}")
     scraped = {}
 

@@ -10,14 +10,16 @@ import signal
 import numpy as np
 import pytest
 
+from monitor.drift.monitor import MonitorConfig, ReferenceConfig, WindowConfig
 from monitor.history.store import HistoryStore
 from monitor.records import ItemMeta, SparseCodes
 from workers.items import DeadLetter, Partial
 from tests.workers.helpers import add_captions, caption_parquet
-from workers.actors import AggregatorConfig, AggregatorCore
-from workers.driver import PipelineConfig, run_pipeline
+from workers.actors import AggregatorCore
+from workers.config import AggregatorConfig, PipelineConfig
+from workers.driver import run_pipeline
 
-MONITOR = {"window": {"kind": "count", "size": 100}, "reference": {"mode": "fixed", "n_images": 200}}
+MONITOR = MonitorConfig(window=WindowConfig(kind="count", size=100), reference=ReferenceConfig(mode="fixed", n_images=200))
 NAMES = [f"concept{j}" for j in range(20)]
 
 
@@ -107,7 +109,7 @@ def test_worker_process_killed_by_sigkill_mid_batch_parquet_rows_counted_once(ra
 
 def test_aggregator_compacts_a_stream_once_its_windows_reach_a_new_utc_day(tmp_path):
     # time windows of one hour; 3 batches on day 0 (3 window files), then one on day 1 closes the day-0 windows
-    monitor = {"window": {"kind": "time", "size": 3600.0}, "reference": {"mode": "fixed", "n_images": 10}}
+    monitor = MonitorConfig(window=WindowConfig(kind="time", size=3600.0), reference=ReferenceConfig(mode="fixed", n_images=10))
     agg = AggregatorCore(AggregatorConfig(monitor=monitor, history=str(tmp_path / "h")), NAMES, "space")
 
     def batch(seq, t0):
@@ -129,8 +131,8 @@ def test_aggregator_compacts_a_stream_once_its_windows_reach_a_new_utc_day(tmp_p
 
 
 def _windows_for_order(order, store):
-    agg = AggregatorCore(AggregatorConfig(monitor={"window": {"kind": "count", "size": 7},
-                                                   "reference": {"mode": "fixed", "n_images": 14}},
+    agg = AggregatorCore(AggregatorConfig(monitor=MonitorConfig(window=WindowConfig(kind="count", size=7),
+                                                                reference=ReferenceConfig(mode="fixed", n_images=14)),
                                           history=store), NAMES, "space")
     results = {}
     released = []

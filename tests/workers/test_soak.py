@@ -10,8 +10,10 @@ import time
 
 import pytest
 
+from monitor.drift.monitor import MonitorConfig, ReferenceConfig, WindowConfig
 from monitor.synthetic.captions import CaptionStream
-from workers.driver import PipelineConfig, run_pipeline
+from workers.config import PipelineConfig
+from workers.driver import run_pipeline
 
 DURATION_S = float(os.environ.get("SPLICE_SOAK_SECONDS", "120"))
 RATE = 60  # captions per second, well under two CPU workers' capacity so the stream is sustained, not a backlog
@@ -65,8 +67,8 @@ def test_sustained_stream_keeps_memory_flat_and_counts_every_message(ray_local, 
                 stop.set()
 
     config = PipelineConfig(source=f"{redis_url}?stream=soak&group=g", worker=text_config, workers=2,
-                            batch_size=32, monitor={"window": {"kind": "count", "size": 500},
-                                                    "reference": {"n_images": 1000}},
+                            batch_size=32, monitor=MonitorConfig(window=WindowConfig(kind="count", size=500),
+                                                          reference=ReferenceConfig(n_images=1000)),
                             metrics_port=0, dead_letter=f"parquet://{tmp_path / 'dead'}")
     prod = threading.Thread(target=producer, daemon=True)
     samp = threading.Thread(target=sampler, daemon=True)

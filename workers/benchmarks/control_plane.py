@@ -162,8 +162,10 @@ def _fill(source: str, payloads: list[bytes], tmp: str, redis, key: str) -> str:
 def _one(args, uri: str, vocab: str, solver: str, workers: int, n: int, redis, history: str) -> dict[str, Any]:
     import ray
 
+    from monitor.drift import MonitorConfig, WindowConfig
+    from workers.config import PipelineConfig
     from workers.core import WorkerConfig
-    from workers.driver import PipelineConfig, run_pipeline
+    from workers.driver import run_pipeline
 
     marks: dict[str, Any] = {}
     procs: dict[str, list[int]] = {}
@@ -196,7 +198,7 @@ def _one(args, uri: str, vocab: str, solver: str, workers: int, n: int, redis, h
         worker=WorkerConfig(model=f"null:{args.dim}", vocab=vocab, solver="lasso" if solver == "on" else "off",
                             encode_batch=args.batch_size, device="cpu"),
         workers=workers, batch_size=args.batch_size,
-        monitor={"window": {"kind": "count", "size": 10_000}}, metrics_port=0, history=history)
+        monitor=MonitorConfig(window=WindowConfig(kind="count", size=10_000)), metrics_port=0, history=history)
     summary = run_pipeline(config, on_started=started, on_progress=progress, hooks={"actors": actors})
     if summary.images + summary.dead_letters_total != n or summary.images != n:
         raise RuntimeError(f"pipeline counted {summary.images} images and {summary.dead_letters_total} dead letters "

@@ -171,7 +171,9 @@ def _no_ray(args, jpegs: list[bytes]) -> dict:
 
 
 def _pipeline(args, jpegs: list[bytes], workers: int, path: str) -> dict:
-    from workers.driver import PipelineConfig, run_pipeline
+    from monitor.drift.monitor import MonitorConfig, WindowConfig
+    from workers.config import PipelineConfig
+    from workers.driver import run_pipeline
 
     marks: dict[str, float] = {}
 
@@ -184,7 +186,7 @@ def _pipeline(args, jpegs: list[bytes], workers: int, path: str) -> dict:
 
     config = PipelineConfig(source=f"parquet://{path}?image_column=image&timestamp_column=ts",
                             worker=_worker_config(args), workers=workers, batch_size=args.batch_size,
-                            monitor={"window": {"kind": "count", "size": 10_000}}, metrics_port=None)
+                            monitor=MonitorConfig(window=WindowConfig(kind="count", size=10_000)), metrics_port=None)
     summary = run_pipeline(config, on_started=started, on_progress=progress)
     if summary.images != len(jpegs):
         raise RuntimeError(f"pipeline counted {summary.images} of {len(jpegs)} images")

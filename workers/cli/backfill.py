@@ -6,8 +6,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from workers.cli.options import (add_model_arguments, add_ray_arguments, add_window_arguments,
-                                      monitor_options, reference_spec, worker_config)
+from workers.cli.options import add_model_arguments, add_ray_arguments, add_window_arguments, pipeline_config
 
 
 def register(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -45,27 +44,16 @@ def default_job_id(source: str) -> str:
 def run(args: argparse.Namespace) -> int:
     from monitor.errors import ConfigError
     from workers.cli.run import print_alarm, report_push
-    from workers.driver import PipelineConfig, run_pipeline
+    from workers.driver import run_pipeline
     from workers.sources import open_source
 
-    try:
-        probe = open_source(args.source, kind=args.kind, stream=args.stream)
-        probe.close()
-        if not probe.finite:
-            raise ConfigError(f"backfill needs a finite source (a Parquet file, a directory without follow=1), "
-                              f"got {args.source!r}")
-        config = PipelineConfig(
-            source=args.source, worker=worker_config(args), workers=args.workers,
-            gpus_per_worker=args.gpus_per_worker, cpus_per_worker=args.cpus_per_worker, batch_size=args.batch_size,
-            max_in_flight=args.max_in_flight, monitor=monitor_options(args), metrics_port=None,
-            history=args.history, write_codes=args.write_codes, dead_letter=args.dead_letter,
-            ray_address=args.ray_address, kind=args.kind, stream=args.stream,
-            reference_history=reference_spec(args),
-            checkpoint_job=args.job_id or default_job_id(args.source), restart=args.restart,
-            pushgateway=args.pushgateway, push_job="splice-backfill")
-    except ConfigError as exc:
-        print(f"splice-monitor backfill: {exc}", file=sys.stderr)
-        return 2
+    probe = open_source(args.source, kind=args.kind, stream=args.stream)
+    probe.close()
+    if not probe.finite:
+        raise ConfigError(f"backfill needs a finite source (a Parquet file, a directory without follow=1), "
+                          f"got {args.source!r}")
+    config = pipeline_config(args, checkpoint_job=args.job_id or default_job_id(args.source),
+                             restart=args.restart, push_job="splice-backfill")
     total = getattr(probe, "total", None)
     bar = None
     offset = 0
@@ -91,9 +79,6 @@ def run(args: argparse.Namespace) -> int:
     try:
         summary = run_pipeline(config, handle_signals=True, on_alarm=print_alarm, on_progress=progress,
                                on_started=started)
-    except ConfigError as exc:
-        print(f"splice-monitor backfill: {exc}", file=sys.stderr)
-        return 2
     finally:
         if bar is not None:
             bar.close()

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import tempfile
 import time
 
@@ -47,10 +46,12 @@ def run(args: argparse.Namespace) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     from monitor.errors import ConfigError
-    from workers.core import WorkerConfig
+    from monitor.drift.monitor import DriftConfig, MonitorConfig, ReferenceConfig, WindowConfig
     from monitor.synthetic.captions import CaptionStream, write_parquet
     from workers.cli.run import print_alarm
-    from workers.driver import PipelineConfig, run_pipeline
+    from workers.config import PipelineConfig
+    from workers.core import WorkerConfig
+    from workers.driver import run_pipeline
 
     stream = CaptionStream(n=args.captions, shift_at=args.shift_at, seed=args.seed)
     print(f"demo: {stream.n} captions from {stream.camera}; topics {stream.before} -> {stream.after} at caption "
@@ -62,21 +63,19 @@ def run(args: argparse.Namespace) -> int:
             n_cal = min(args.reference_images, stream.shift_at, stream.n)
             mean = calibrate_mean(stream, n_cal, os.path.join(tmp, "caption-mean.npy"))
             print(f"demo: modality mean calibrated on the first {n_cal} (reference) captions", flush=True)
-        drift = {"min_prevalence_change": args.min_prevalence_change} if args.min_prevalence_change > 0 else {}
         try:
-            config = PipelineConfig(
-                source=uri, worker=WorkerConfig(model="minilm", vocab=args.vocab, l1=args.l1, cache_dir=args.cache_dir,
-                                                mean=mean),
-                workers=args.workers, gpus_per_worker=args.gpus_per_worker, cpus_per_worker=args.cpus_per_worker,
-                batch_size=args.batch_size, max_in_flight=args.max_in_flight,
-                monitor={"window": {"kind": "count", "size": args.window},
-                         "reference": {"mode": "fixed", "n_images": args.reference_images},
-                         **({"drift": drift} if drift else {})},
-                metrics_port=None if args.metrics_port < 0 else args.metrics_port, history=args.history,
-                ray_address=args.ray_address, linger_s=args.serve)
-        except ConfigError as exc:
-            print(f"splice-monitor demo: {exc}", file=sys.stderr)
-            return 2
+            monitor = MonitorConfig(window=WindowConfig(kind="count", size=args.window),
+                                    reference=ReferenceConfig(mode="fixed", n_images=args.reference_images),
+                                    drift=DriftConfig(min_prevalence_change=args.min_prevalence_change))
+        except ValueError as exc:
+            raise ConfigError(f"windows and drift options: {exc}") from None
+        config = PipelineConfig(
+            source=uri, worker=WorkerConfig(model="minilm", vocab=args.vocab, l1=args.l1, cache_dir=args.cache_dir,
+                                            mean=mean),
+            monitor=monitor, workers=args.workers, gpus_per_worker=args.gpus_per_worker,
+            cpus_per_worker=args.cpus_per_worker, batch_size=args.batch_size, max_in_flight=args.max_in_flight,
+            metrics_port=None if args.metrics_port < 0 else args.metrics_port, history=args.history,
+            ray_address=args.ray_address, linger_s=args.serve)
         t0 = time.perf_counter()
 
         def started(info: dict) -> None:

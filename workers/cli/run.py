@@ -6,8 +6,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from workers.cli.options import (add_model_arguments, add_ray_arguments, add_window_arguments,
-                                      monitor_options, reference_spec, worker_config)
+from workers.cli.options import add_model_arguments, add_ray_arguments, add_window_arguments, pipeline_config
 
 
 def register(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -43,17 +42,7 @@ def register(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 
 def build_config(args: argparse.Namespace):
-    from workers.driver import PipelineConfig
-
-    return PipelineConfig(
-        source=args.source, worker=worker_config(args), workers=args.workers, gpus_per_worker=args.gpus_per_worker,
-        cpus_per_worker=args.cpus_per_worker, batch_size=args.batch_size, max_in_flight=args.max_in_flight,
-        monitor=monitor_options(args), metrics_port=None if args.metrics_port < 0 else args.metrics_port,
-        metrics_host=args.metrics_host,
-        history=args.history, write_codes=args.write_codes, dead_letter=args.dead_letter,
-        ray_address=args.ray_address, kind=args.kind, stream=args.stream,
-        reference_history=reference_spec(args), pushgateway=args.pushgateway,
-        push_job="splice-run", push_run_id=args.job_id)
+    return pipeline_config(args, metrics_host=args.metrics_host, push_job="splice-run", push_run_id=args.job_id)
 
 
 def print_alarm(alarm) -> None:
@@ -66,14 +55,9 @@ def print_alarm(alarm) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from monitor.errors import ConfigError
     from workers.driver import run_pipeline
 
-    try:
-        config = build_config(args)
-    except ConfigError as exc:
-        print(f"splice-monitor run: {exc}", file=sys.stderr)
-        return 2
+    config = build_config(args)
 
     def started(info: dict) -> None:
         addr = info.get("metrics_address")
@@ -81,11 +65,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"running: {info['workers']} worker(s), {info['gpus_per_worker']:g} GPU each, encoder "
               f"{info['encoder']}, {info['n_concepts']} concepts{where}", file=sys.stderr, flush=True)
 
-    try:
-        summary = run_pipeline(config, handle_signals=True, on_alarm=print_alarm, on_started=started)
-    except ConfigError as exc:
-        print(f"splice-monitor run: {exc}", file=sys.stderr)
-        return 2
+    summary = run_pipeline(config, handle_signals=True, on_alarm=print_alarm, on_started=started)
     print(summary.format())
     return report_push(summary, "run")
 

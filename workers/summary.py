@@ -1,0 +1,100 @@
+"""What a pipeline run reports: the periodic :class:`Status` while it runs and the :class:`RunSummary` at its end
+(the summary the commands print, as text or JSON)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from monitor.records import Alarm
+
+__all__ = ["Status", "RunSummary"]
+
+
+@dataclass(frozen=True)
+class Status:
+    """A running pipeline's progress, for the periodic status line: counts of this run, the throughput since the
+    previous status, items read but not yet committed, and the read-to-commit latency of the latest batch."""
+
+    items: int
+    dead_letters: int
+    windows_closed: int
+    alarms_fired: int
+    items_per_s: float
+    in_flight: int
+    latency_s: float
+    elapsed_s: float
+
+    def format(self) -> str:
+        return (f"{self.items:,} items ({self.items_per_s:,.1f}/s), {self.windows_closed} windows closed, "
+                f"{self.alarms_fired} alarms, {self.dead_letters} dead letters, {self.in_flight} in flight, "
+                f"latency {self.latency_s:.1f} s")
+
+
+@dataclass
+class RunSummary:
+    images: int
+    dead_letters: dict[str, int]
+    alarms: list[Alarm]
+    alarm_count: int
+    windows_closed: int
+    batches: int
+    retries: int
+    duplicate_batches: int
+    worker_failures: int
+    elapsed_s: float
+    stopped_by: str  # "end" | "signal"
+    streams: dict[str, int]
+    nonconverged: int
+    metrics_address: tuple[str, int] | None = None
+    checkpoint: dict | None = None
+    alarms_resolved: int = 0  # of alarm_count: resolutions; the rest fired
+    pushed_to: str | None = None  # the Pushgateway the final metrics went to
+    push_error: str | None = None  # why the push failed (the run itself completed)
+    duplicates: int = 0  # items whose id was already counted (dead-lettered as "duplicate"; not in dead_letters)
+
+    @property
+    def dead_letters_total(self) -> int:
+        return sum(self.dead_letters.values())
+
+    @property
+    def items_per_s(self) -> float:
+        return (self.images + self.dead_letters_total + self.duplicates) / max(self.elapsed_s, 1e-9)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "images": self.images,
+            "dead_letters": self.dead_letters,
+            "dead_letters_total": self.dead_letters_total,
+            "duplicates": self.duplicates,
+            "alarms": self.alarm_count,
+            "alarms_fired": self.alarm_count - self.alarms_resolved,
+            "alarms_resolved": self.alarms_resolved,
+            "windows_closed": self.windows_closed,
+            "batches": self.batches,
+            "retries": self.retries,
+            "duplicate_batches": self.duplicate_batches,
+            "worker_failures": self.worker_failures,
+            "elapsed_s": round(self.elapsed_s, 3),
+            "items_per_s": round(self.items_per_s, 2),
+            "stopped_by": self.stopped_by,
+            "streams": self.streams,
+            "nonconverged": self.nonconverged,
+        }
+
+    def format(self) -> str:
+        dl = ", ".join(f"{k}={v}" for k, v in sorted(self.dead_letters.items())) or "none"
+        lines = [
+            f"images counted: {self.images}",
+            f"dead letters:   {self.dead_letters_total} ({dl})",
+            f"duplicates:     {self.duplicates}",
+            f"alarms:         {self.alarm_count - self.alarms_resolved} fired, {self.alarms_resolved} resolved",
+            f"windows closed: {self.windows_closed}",
+            f"batches:        {self.batches} (retried {self.retries}, worker failures {self.worker_failures})",
+            f"elapsed:        {self.elapsed_s:.1f} s ({self.items_per_s:.1f} items/s), stopped by {self.stopped_by}",
+        ]
+        if self.pushed_to:
+            lines.append(f"pushed:         final metrics to {self.pushed_to}")
+        if self.push_error:
+            lines.append(f"push failed:    {self.push_error}")
+        return "\n".join(lines)
