@@ -9,6 +9,8 @@ from dataclasses import replace
 import threading
 import urllib.request
 
+import pytest
+
 from monitor.drift.monitor import MonitorConfig, ReferenceConfig, WindowConfig
 from monitor.history.store import HistoryStore
 from monitor.cli.main import main as cli_main
@@ -229,3 +231,31 @@ def test_bad_timestamps_duplicates_and_refused_streams_never_stop_a_redis_run(ra
     assert 'splice_dead_letters_total{reason="bad_timestamp",stream="cam1"} ' in scraped["body"]
     # a rerun on the same group finds nothing left to crash on
     assert run_pipeline(config).images == 0
+
+
+def test_an_error_raised_while_an_actor_starts_reaches_the_driver_as_the_same_typed_exception(ray_local, tmp_path):
+    # the aggregator refuses a history reference store that does not exist: a ConfigError in its constructor
+    from monitor.errors import ConfigError, PipelineError
+    from workers.actors import aggregator_actor_class
+    from workers.config import AggregatorConfig, HistoryReference
+    from workers.driver import _startup_get
+
+    missing = str(tmp_path / "no-such-store")
+    actor = aggregator_actor_class().remote(
+        AggregatorConfig(monitor=MONITOR, reference_history=HistoryReference(missing, 0.0, 1.0)), ["a", "b"], "s")
+    with pytest.raises(ConfigError) as info:
+        _startup_get([actor.ready.remote()], "the aggregator actor")
+    assert type(info.value) is ConfigError and "no-such-store" in str(info.value)
+    assert "\n" not in str(info.value)  # the original one-line message, not Ray's wrapped traceback
+    ray_local.kill(actor)
+
+    # anything that is not a SpliceError is a PipelineError naming what failed to start
+    @ray_local.remote(num_cpus=0)
+    class Broken:
+        def ready(self):
+            raise RuntimeError("disk on fire")
+
+    broken = Broken.remote()
+    with pytest.raises(PipelineError, match="the test actor failed to start: .*disk on fire"):
+        _startup_get([broken.ready.remote()], "the test actor")
+    ray_local.kill(broken)
