@@ -158,7 +158,6 @@ class StreamMonitor:
         self._pending: deque[WindowSummary] = deque(maxlen=cfg.max_pending_windows)
         self.n_windows = 0
         self.steps = 0
-        self._last: StepResult | None = None
         self._last_current: WindowSummary | None = None
         self._last_reference: WindowSummary | None = None
         # closed-window count when the fixed reference was completed / the history reference loaded: reference age
@@ -260,11 +259,10 @@ class StreamMonitor:
     def _test(self, codes: SparseCodes, ts: np.ndarray, offset: int) -> list[Alarm]:
         seq = self.seq.update(codes)
         self.steps += 1
+        if not seq.fire.any() and not self.book.n_active and self.config.drift.stream_threshold is None:
+            return []  # nothing can fire or resolve: skip assembling what an alarm would report
         ref_stats, ref_start, ref_end = self.reference.get(self.ring, self.config.window.view)
         res = _step_result(seq, ref_stats.concepts, self._recent(), self.config.drift, self._stream_score)
-        self._last = res
-        if not res.fire.any() and not self.book.n_active and self.config.drift.stream_threshold is None:
-            return []
         lo, hi = float(ts.min()), float(ts.max())
         return self.book.step(res, (lo, float(np.nextafter(hi, math.inf))), (ref_start, ref_end),
                               fired=(hi, int(offset)))
