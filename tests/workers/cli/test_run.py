@@ -33,6 +33,6 @@ def test_max_streams_flag_reaches_the_monitor_options_and_is_checked(capsys):
     parser = argparse.ArgumentParser()
     register(parser.add_subparsers())
     args = parser.parse_args(["run", "--source", "/tmp/x.parquet", "--max-streams", "500"])
-    assert build_config(args).monitor["max_streams"] == 500
+    assert build_config(args).monitor.max_streams == 500  # typed options (workers/config.py)
     with pytest.raises(ConfigError, match="--max-streams must be >= 1, got 0"):
         build_config(parser.parse_args(["run", "--source", "/tmp/x.parquet", "--max-streams", "0"]))
