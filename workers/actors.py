@@ -385,52 +385,21 @@ class AggregatorCore:
 
     # -- resumable batch jobs (backfill) ----------------------------------------------------------------------------
 
-    def load_checkpoint(self, job_id: str, restart: bool = False) -> dict[str, Any] | None:
-        """Restore the monitor and counters saved for ``job_id``; returns the checkpoint (None: start afresh)."""
-        if self.history is None:
-            raise ValueError("checkpoints need a history store (--history)")
-        if restart:
-            self.history.clear_checkpoint(job_id)
-            return None
-        cp = self.history.get_checkpoint(job_id)
-        if cp is None:
-            return None
-        if cp.get("monitor_state"):
-            blob = self.history.read_checkpoint_file(cp["monitor_state"])
-            if blob is None:
-                raise RuntimeError(f"checkpoint {job_id!r} names monitor state {cp['monitor_state']!r}, which the "
-                                   f"history store {self.history.location} does not hold; rerun with --restart")
-            self.monitor = _monitor_from_bytes(blob)
-        self.counted = int(cp.get("images", 0))
-        self.sink.counts.update({k: int(v) for k, v in (cp.get("dead_letters") or {}).items()})
-        self.windows_closed = int(cp.get("windows_closed", 0))
-        self.alarm_count = int(cp.get("alarms", 0))
-        self.alarms_resolved = int(cp.get("alarms_resolved", 0))
-        return cp
+    def load_checkpoint(self, job_id: str, restart: bool = False, run: str = "") -> dict[str, Any] | None:
+        """Restore the whole aggregator saved for ``job_id`` (see ``workers/checkpoint.py``); returns the record
+        (None: start afresh)."""
+        from workers.checkpoint import load_checkpoint
 
-    def save_checkpoint(self, job_id: str, position: dict | None, done: bool = False) -> None:
-        """Save the monitor state and the source position it corresponds to, as one checkpoint.
+        return load_checkpoint(self, job_id, restart=restart, run=run)
 
-        The driver calls this only when no batch is in flight, so the state holds exactly the items before
-        ``position``. The state file is written first under a fresh name; the checkpoint record that names it is
-        replaced atomically; the previous state file is removed last, so a crash at any point leaves a consistent
-        (state, position) pair."""
-        import uuid
+    def save_checkpoint(self, job_id: str, position: dict | None = None, done: bool = False, *,
+                        positions: dict[int, Any] | None = None, refs: dict[int, list[str]] | None = None,
+                        run: str = "") -> dict[str, Any]:
+        """Save the whole aggregator as one checkpoint with the source position it corresponds to; returns
+        ``{"through_seq": k}`` (see ``workers/checkpoint.py``)."""
+        from workers.checkpoint import save_checkpoint
 
-        if self.history is None:
-            raise ValueError("checkpoints need a history store (--history)")
-        self.sink.flush()
-        old = (self.history.get_checkpoint(job_id) or {}).get("monitor_state")
-        name = f"{job_id}.monitor-{uuid.uuid4().hex[:12]}.npz"
-        # through the store, so the state lives wherever the history does (local disk or an object store)
-        self.history.write_checkpoint_file(name, _monitor_to_bytes(self.monitor))
-        self.history.set_checkpoint(job_id, {
-            "source": position, "monitor_state": name, "images": self.counted,
-            "dead_letters": dict(self.sink.counts), "windows_closed": self.windows_closed,
-            "alarms": self.alarm_count, "alarms_resolved": self.alarms_resolved, "done": bool(done),
-            "saved_at": time.time()})
-        if old and old != name:
-            self.history.delete_checkpoint_file(old)
+        return save_checkpoint(self, job_id, position, done=done, positions=positions, refs=refs, run=run)
 
     def recent_alarms(self, n: int = 50) -> list[Alarm]:
         return list(self.alarms)[-n:]

@@ -110,3 +110,32 @@ class CommitLedger:
     @property
     def recent_count(self) -> int:
         return len(self._recent)
+
+    # -- state (saved with the aggregator's checkpoint) ---------------------------------------------------------------
+
+    def state(self) -> dict[str, Any]:
+        """The applied part as plain data (JSON-ready). Waiting batches are not applied, so not part of it: the
+        driver still holds them and commits them again after a restore."""
+        return {"next_seq": self.next_seq, "recent_ids": self.recent_ids,
+                "open": [[seq, ids] for seq, ids in self._open.items()],
+                "recent": [[i, seq] for i, seq in self._recent.items()]}
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any]) -> "CommitLedger":
+        ledger = cls(recent_ids=int(state.get("recent_ids", 65_536)))
+        ledger.next_seq = int(state["next_seq"])
+        for seq, ids in state.get("open", []):
+            ledger._open[int(seq)] = [str(i) for i in ids]
+            for i in ids:
+                ledger._open_ids[str(i)] = int(seq)
+        ledger._recent = {str(i): int(seq) for i, seq in state.get("recent", [])}
+        return ledger
+
+    def renumber(self) -> None:
+        """A new driver numbers its batches from 1 again: what the old one counted stays known (as recent ids,
+        for duplicate detection), its sequence numbers are forgotten."""
+        for seq in sorted(self._open):
+            self._forget(seq)
+        self._waiting.clear()
+        self._released_early.clear()
+        self.next_seq = 1
