@@ -196,6 +196,9 @@ class ParquetSource(Source):
     def ack(self, batch: SourceBatch) -> None:
         self._ack_in_order(batch)
 
+    def position(self, batch: SourceBatch) -> dict | None:
+        return {"file": batch.token[0], "row": batch.token[1]}
+
     def checkpoint(self) -> dict | None:
         acked = self._ack_token
         return None if acked is None else {"file": acked[0], "row": acked[1]}

@@ -64,6 +64,14 @@ class Source:
         """Position after the last acknowledged batch, for resuming (files only); None when not resumable."""
         return None
 
+    def position(self, batch: SourceBatch) -> dict | None:
+        """The resume position right after ``batch`` (files), as ``checkpoint`` would give once every batch up to
+        it is acknowledged; None for sources that remember their own position (Redis consumer groups)."""
+        return None
+
+    def resume(self, checkpoint: dict | None) -> None:
+        """Continue after a position from ``checkpoint``/``position`` (sources that keep their own do nothing)."""
+
     def close(self) -> None:
         pass
 

@@ -143,6 +143,9 @@ class DirectorySource(Source):
     def ack(self, batch: SourceBatch) -> None:
         self._ack_in_order(batch)
 
+    def position(self, batch: SourceBatch) -> dict | None:
+        return {"mtime_ns": batch.token[0], "name": batch.token[1]}
+
     def checkpoint(self) -> dict | None:
         acked = self._ack_token
         return None if acked is None else {"mtime_ns": acked[0], "name": acked[1]}

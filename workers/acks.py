@@ -1,0 +1,87 @@
+"""Acknowledge only what is durable: the driver's side of checkpoint-gated acknowledgement.
+
+A committed batch lives in the aggregator's memory until a checkpoint saves it; acknowledging it at the source
+before that would lose it when the aggregator or the driver dies. So, when a run checkpoints (``--history`` and a
+job id), the driver holds each committed batch here, asks the aggregator for a checkpoint every ``every_s`` seconds
+(or when ``max_held`` batches wait), and acknowledges at the source exactly the batches the checkpoint covers
+(``through_seq``). What a crash leaves unacknowledged is delivered again and applied again from the restored
+checkpoint; what was covered by a checkpoint but not yet acknowledged when the crash came is skipped on redelivery
+by its reference (``skip``), so it is counted once.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, replace
+from typing import Any
+
+__all__ = ["AckGate", "Held"]
+
+
+@dataclass
+class Held:
+    """A committed batch waiting for a checkpoint: the batch itself (for the source's ack) and the worker's result
+    (an object reference the driver owns), so a restarted aggregator can be handed the same partial again."""
+
+    batch: Any
+    proc_ref: Any
+
+
+class AckGate:
+    def __init__(self, source: Any, *, every_s: float = 5.0, max_held: int = 64,
+                 skip: list[str] | None = None, clock=time.monotonic) -> None:
+        if every_s < 0 or max_held < 1:
+            raise ValueError(f"every_s must be >= 0 and max_held >= 1, got {every_s!r} and {max_held!r}")
+        self.source = source
+        self.every_s = float(every_s)
+        self.max_held = int(max_held)
+        self.held: dict[int, Held] = {}
+        self.skip: set[str] = set(skip or ())  # refs counted before a restart that may come again
+        self.skipped = 0
+        self._clock = clock
+        self._last = clock()
+
+    def hold(self, seq: int, batch: Any, proc_ref: Any) -> None:
+        """Batch ``seq`` is committed (applied, or waiting in the aggregator for an earlier one)."""
+        self.held[seq] = Held(batch, proc_ref)
+
+    def due(self) -> bool:
+        return bool(self.held) and (len(self.held) >= self.max_held or self._clock() - self._last >= self.every_s)
+
+    def full(self) -> bool:
+        """Stop reading: this many committed batches wait for a checkpoint (bounds driver and aggregator memory)."""
+        return len(self.held) >= self.max_held
+
+    def positions(self) -> dict[int, Any]:
+        return {seq: self.source.position(h.batch) for seq, h in self.held.items()}
+
+    def refs(self) -> dict[int, list[str]]:
+        return {seq: [it.ref for it in h.batch.items if it.ref] for seq, h in self.held.items()}
+
+    def covered(self, through: int) -> list[tuple[int, Held]]:
+        """A checkpoint holds batches 1..``through``: acknowledge them at the source; returns them in order."""
+        self._last = self._clock()
+        done = sorted((seq, h) for seq, h in self.held.items() if seq <= through)
+        for seq, h in done:
+            self.source.ack(h.batch)
+            del self.held[seq]
+        return done
+
+    def replay(self, through: int) -> list[tuple[int, Held]]:
+        """After the aggregator restarted from a checkpoint holding 1..``through``: the held batches it lost, in
+        order, to be committed again."""
+        return sorted((seq, h) for seq, h in self.held.items() if seq > through)
+
+    def filter(self, batch: Any) -> Any:
+        """``batch`` without the items a checkpoint already counted (delivered again after a crash); each skipped
+        reference is forgotten once seen, so the set only shrinks."""
+        if not self.skip:
+            return batch
+        keep = []
+        for item in batch.items:
+            if item.ref in self.skip:
+                self.skip.discard(item.ref)
+                self.skipped += 1
+            else:
+                keep.append(item)
+        return batch if len(keep) == len(batch.items) else replace(batch, items=keep)
