@@ -11,6 +11,7 @@ import logging
 import signal
 import threading
 import time
+import uuid
 from collections import Counter, deque
 from dataclasses import dataclass, replace
 from typing import Any, Callable
@@ -18,6 +19,7 @@ from typing import Any, Callable
 from monitor.errors import ConfigError, PipelineError, SpliceError
 from monitor.records import Alarm
 from monitor.uris import redact_text, redact_uri
+from workers.acks import AckGate, actor_died, restore_aggregator
 from workers.config import HistoryReference, PipelineConfig
 from workers.health import WorkerHealth
 from workers.summary import RunSummary, Status
@@ -95,6 +97,8 @@ class Pipeline:
         self.metrics_address: tuple[str, int] | None = None
         self.gpus = 0.0
         self.job = config.checkpoint_job
+        self.gate: AckGate | None = None  # a checkpointed run acknowledges only what a checkpoint holds
+        self.run_token = uuid.uuid4().hex  # names this driver in checkpoints (a restarted aggregator keeps numbering)
         # the loop's state: batches in flight, batches waiting for a healthy worker, per-worker load
         self.flights: dict[int, _Flight] = {}
         self.retry_queue: deque[tuple[Any, int]] = deque()  # (batch, attempts)
@@ -176,7 +180,8 @@ class Pipeline:
             raise PipelineError(f"workers disagree on the concept space: {sorted(spaces)}")
         self.health = WorkerHealth(self.workers, [i["pid"] for i in self.infos])
         self.load = Counter({i: 0 for i in range(len(self.workers))})
-        self.aggregator = aggregator_actor_class().remote(
+        # a checkpointed run survives the aggregator's death: Ray restarts it, the driver restores and replays
+        self.aggregator = aggregator_actor_class(max_restarts=-1 if self.job else 0).remote(
             config.aggregator_config(encoder=str(self.infos[0].get("encoder") or "")),
             self.infos[0]["concept_names"], self.infos[0]["concept_space"])
         _startup_get([self.aggregator.ready.remote()], "the aggregator actor")
@@ -190,10 +195,13 @@ class Pipeline:
 
         if not self.job:
             return None
-        resumed = ray.get(self.aggregator.load_checkpoint.remote(self.job, self.config.restart))
+        resumed = ray.get(self.aggregator.load_checkpoint.remote(self.job, self.config.restart, run=self.run_token))
         if resumed and resumed.get("source") is not None:
             self.source.resume(resumed["source"])
         self._last_checkpoint = time.monotonic()
+        self.gate = AckGate(self.source, every_s=self.config.checkpoint_every_s,
+                            max_held=max(4 * self.config.in_flight_limit, 8),
+                            skip=(resumed or {}).get("redelivered_refs"))
         return resumed
 
     def _announce(self, resumed: dict | None) -> None:
@@ -219,13 +227,9 @@ class Pipeline:
             while self.retry_queue and (w := self.pick()) is not None:
                 batch, attempts = self.retry_queue.popleft()
                 self.submit(batch, attempts, w)
-            # a checkpoint needs a quiet moment: stop reading until everything in flight is committed
-            checkpoint_due = bool(self.job) and \
-                time.monotonic() - self._last_checkpoint >= self.config.checkpoint_every_s
-            if checkpoint_due and not self.flights and not self.retry_queue:
+            if self.gate is not None and self.gate.due():
                 self.checkpoint()
-                checkpoint_due = False
-            if not self.exhausted and not self.stop.is_set() and not checkpoint_due:
+            if not self.exhausted and not self.stop.is_set() and not (self.gate is not None and self.gate.full()):
                 self.read()
             self._maybe_status()
             if not self.flights and not self.retry_queue:
@@ -253,6 +257,8 @@ class Pipeline:
                 return
             if not batch.items:
                 return
+            if self.gate is not None:
+                batch = self.gate.filter(batch)  # items a restored checkpoint already counted (redelivered)
             self.submit(batch, 1, w)
             if self.stop.is_set():
                 return
@@ -279,7 +285,8 @@ class Pipeline:
         for ref in ready:
             seq = next(s for s, f in self.flights.items() if f.commit_ref == ref)
             flight = self.flights.pop(seq)
-            self.load[flight.worker] -= 1
+            if flight.worker >= 0:
+                self.load[flight.worker] -= 1
             try:
                 result = ray.get(ref)
             except Exception as exc:  # the worker (or the aggregator) failed on this batch
@@ -290,6 +297,10 @@ class Pipeline:
     def retry(self, seq: int, flight: "_Flight", exc: Exception) -> None:
         """A batch failed: resubmit it when its worker died (up to ``max_attempts``); an aggregator failure ends
         the run, since the windows live there."""
+        if not _failed(flight.proc_ref) and self.gate is not None and actor_died(exc):
+            self.flights[seq] = replace(flight, worker=-1)  # its commit went to the dead aggregator like the others
+            self.recover_aggregator()
+            return
         if not _failed(flight.proc_ref):
             cause = _typed_cause(exc)  # the typed error raised inside the aggregator
             if isinstance(cause, SpliceError):
@@ -303,9 +314,13 @@ class Pipeline:
         self.retry_queue.append((flight.batch, flight.attempts + 1))
 
     def acknowledge(self, seq: int, flight: "_Flight", result) -> None:
-        """The batch is committed: acknowledge it at the source and report what it did."""
-        self.source.ack(flight.batch)
-        self.released.append(seq)
+        """The batch is committed: acknowledge it at the source (a checkpointed run: once a checkpoint holds it)
+        and report what it did."""
+        if self.gate is None:
+            self.source.ack(flight.batch)
+            self.released.append(seq)
+        else:
+            self.gate.hold(seq, flight.batch, flight.proc_ref)
         read_at = self.read_at.pop(seq, None)
         if read_at is not None:
             self.last_latency_s = max(0.0, time.time() - read_at)
@@ -320,11 +335,38 @@ class Pipeline:
             self.on_progress(self.done_items, self.done_dead)
 
     def checkpoint(self, done: bool = False) -> None:
-        """Save the monitor state with the source position it corresponds to (only when nothing is in flight)."""
+        """Save the whole aggregator with the position of the last batch it applied, then acknowledge at the source
+        exactly the batches that checkpoint holds (``workers/acks.py``)."""
         import ray
 
-        ray.get(self.aggregator.save_checkpoint.remote(self.job, self.source.checkpoint(), done))
+        gate = self.gate
+        try:
+            saved = ray.get(self.aggregator.save_checkpoint.remote(
+                self.job, None, done, positions=gate.positions(), refs=gate.refs(), run=self.run_token))
+        except ray.exceptions.RayError as exc:
+            if not actor_died(exc):
+                raise
+            self.recover_aggregator()  # the next checkpoint covers what this one would have
+            return
+        self.released += [seq for seq, _ in gate.covered(saved["through_seq"])]
         self._last_checkpoint = time.monotonic()
+
+    def recover_aggregator(self) -> None:
+        """The aggregator actor died and Ray restarts it: restore it from the last checkpoint, acknowledge what that
+        checkpoint holds, and commit everything after it again, in order, from the workers' results (the driver owns
+        them, so they outlived the actor)."""
+        log.warning("the aggregator actor died; restoring it from checkpoint %r and replaying", self.job)
+        cp = restore_aggregator(self.aggregator, self.job, self.run_token)
+        through = int((cp or {}).get("through_seq", 0))
+        self.released = [seq for seq, _ in self.gate.covered(through)]
+        for seq, held in self.gate.replay(through):
+            del self.gate.held[seq]
+            self.flights[seq] = _Flight(held.batch, -1, held.proc_ref, None, time.perf_counter(), 1)
+        for seq in sorted(self.flights):  # every commit the dead actor did not answer, in source order
+            flight = self.flights[seq]
+            flight.commit_ref = self.aggregator.commit.remote(seq, flight.proc_ref, released=tuple(self.released),
+                                                              read_at=self.read_at.get(seq))
+            self.released = []
 
     def status(self) -> "Status":
         """What the run has done so far (the periodic status line)."""

@@ -32,6 +32,9 @@ def register(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
                    help="push the final metrics to this Prometheus Pushgateway (http://host:9091) when a finite "
                         "source ends (job splice-run, grouping label run=--job-id): completion time, duration and "
                         "counts only, never alarm state")
+    p.add_argument("--checkpoint-every", type=float, default=30.0,
+                   help="with --history and --job-id: seconds between checkpoints; only what a checkpoint holds is "
+                        "acknowledged at the source (default %(default)s)")
     p.add_argument("--job-id", default=None,
                    help="the run's name: the Pushgateway grouping label run=... (default: derived from --source)")
     add_model_arguments(p)
@@ -42,7 +45,11 @@ def register(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 
 def build_config(args: argparse.Namespace):
-    return pipeline_config(args, metrics_host=args.metrics_host, push_job="splice-run", push_run_id=args.job_id)
+    # with a history store and a job id the run checkpoints and acknowledges only what a checkpoint holds, so a rerun
+    # after a crash resumes where the last checkpoint ended (docs/pipeline.md, "Acknowledge only what is durable")
+    return pipeline_config(args, metrics_host=args.metrics_host, push_job="splice-run", push_run_id=args.job_id,
+                           checkpoint_job=args.job_id if args.history and args.job_id else None,
+                           checkpoint_every_s=args.checkpoint_every)
 
 
 def print_alarm(alarm) -> None:
