@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass, replace
 from typing import Any
 
-__all__ = ["AckGate", "Held"]
+__all__ = ["AckGate", "Held", "actor_died", "restore_aggregator"]
 
 
 @dataclass
@@ -85,3 +85,31 @@ class AckGate:
             else:
                 keep.append(item)
         return batch if len(keep) == len(batch.items) else replace(batch, items=keep)
+
+
+def actor_died(exc: BaseException) -> bool:
+    """Whether a Ray call failed because its actor died or is restarting, not because the call itself raised."""
+    import ray
+
+    return isinstance(exc, (ray.exceptions.RayActorError, getattr(ray.exceptions, "ActorUnavailableError", ())))
+
+
+def restore_aggregator(aggregator: Any, job: str, run: str, *, timeout_s: float = 120.0) -> dict | None:
+    """Wait for Ray to restart the aggregator actor, then restore it from ``job``'s checkpoint (same ``run``: its
+    batch numbering continues); returns the checkpoint record (None: no checkpoint yet, it starts empty)."""
+    import ray
+
+    from monitor.errors import PipelineError
+
+    deadline = time.monotonic() + timeout_s
+    while True:  # calls fail as "unavailable" while Ray restarts it (the model-free actor starts in seconds)
+        try:
+            ray.get(aggregator.pid.remote(), timeout=60)
+            return ray.get(aggregator.load_checkpoint.remote(job, False, run=run))
+        except ray.exceptions.RayError as exc:
+            if not actor_died(exc) or time.monotonic() > deadline:
+                text = str(exc).strip().splitlines()
+                raise PipelineError(f"the aggregator actor died and did not come back within {timeout_s:g} s: "
+                                    f"{type(exc).__name__}: {text[-1] if text else ''}"[:300]) from exc
+            time.sleep(0.5)
+
