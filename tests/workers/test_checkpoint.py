@@ -7,13 +7,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from monitor.drift.monitor import MonitorConfig, ReferenceConfig, WindowConfig
 from monitor.errors import ConfigError
 from monitor.records import ItemMeta, SparseCodes
 from workers.actors import AggregatorConfig, AggregatorCore
-from workers.core import Partial
+from workers.items import Partial
 
 NAMES = [f"concept{j}" for j in range(12)]
-MONITOR = {"window": {"kind": "count", "size": 30}, "reference": {"mode": "fixed", "n_images": 40}}
+MONITOR = MonitorConfig(window=WindowConfig(kind="count", size=30), reference=ReferenceConfig(mode="fixed", n_images=40))
 
 
 def _partial(seq: int, n: int = 10) -> Partial:

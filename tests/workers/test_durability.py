@@ -13,11 +13,14 @@ import time
 
 import pytest
 
+from monitor.drift.monitor import MonitorConfig, ReferenceConfig, WindowConfig
 from monitor.history.store import HistoryStore
 from tests.workers.helpers import add_captions
-from workers.driver import PipelineConfig, run_pipeline
+from workers.config import PipelineConfig
+from workers.driver import run_pipeline
 
-MONITOR = {"window": {"kind": "count", "size": 100}, "reference": {"mode": "fixed", "n_images": 100}}
+MONITOR = MonitorConfig(window=WindowConfig(kind="count", size=100),
+                        reference=ReferenceConfig(mode="fixed", n_images=100))
 
 
 def _stored_images(store: str) -> int:
