@@ -52,11 +52,18 @@ class AckGate:
         """Stop reading: this many committed batches wait for a checkpoint (bounds driver and aggregator memory)."""
         return len(self.held) >= self.max_held
 
-    def positions(self) -> dict[int, Any]:
-        return {seq: self.source.position(h.batch) for seq, h in self.held.items()}
+    def _batches(self, in_flight: dict[int, Any] | None) -> dict[int, Any]:
+        # batches whose commit reply has not reached the driver yet may already be applied, hence in the checkpoint
+        return {**{seq: f.batch for seq, f in (in_flight or {}).items()}, **{s: h.batch for s, h in self.held.items()}}
 
-    def refs(self) -> dict[int, list[str]]:
-        return {seq: [it.ref for it in h.batch.items if it.ref] for seq, h in self.held.items()}
+    def positions(self, in_flight: dict[int, Any] | None = None) -> dict[int, Any]:
+        """Source position after each held (and in-flight) batch, for the checkpoint to take the one it covers."""
+        return {seq: self.source.position(b) for seq, b in self._batches(in_flight).items()}
+
+    def refs(self, in_flight: dict[int, Any] | None = None) -> dict[int, list[str]]:
+        """Item references of each held (and in-flight) batch: those the checkpoint covers are skipped if the source
+        delivers them again after a crash."""
+        return {seq: [it.ref for it in b.items if it.ref] for seq, b in self._batches(in_flight).items()}
 
     def covered(self, through: int) -> list[tuple[int, Held]]:
         """A checkpoint holds batches 1..``through``: acknowledge them at the source; returns them in order."""

@@ -342,7 +342,8 @@ class Pipeline:
         gate = self.gate
         try:
             saved = ray.get(self.aggregator.save_checkpoint.remote(
-                self.job, None, done, positions=gate.positions(), refs=gate.refs(), run=self.run_token))
+                self.job, None, done, positions=gate.positions(self.flights), refs=gate.refs(self.flights),
+                run=self.run_token))
         except ray.exceptions.RayError as exc:
             if not actor_died(exc):
                 raise

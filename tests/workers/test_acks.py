@@ -69,3 +69,18 @@ def test_redelivered_items_already_counted_are_skipped_once(redis_url, redis_cli
 def test_gate_arguments_are_checked(tmp_path):
     with pytest.raises(ValueError, match="max_held >= 1"):
         AckGate(_parquet(tmp_path), max_held=0)
+
+
+def test_batches_whose_commit_reply_is_still_in_flight_are_offered_to_the_checkpoint(tmp_path):
+    """The aggregator may have applied a batch whose reply the driver has not read yet: the checkpoint then holds
+    it, so its position and references must be on offer too (else a rerun counts it again as duplicates)."""
+    from types import SimpleNamespace
+
+    src = _parquet(tmp_path)
+    gate = AckGate(src, clock=_Clock())
+    b1, b2 = src.read(2), src.read(2)
+    gate.hold(1, b1, None)
+    flights = {2: SimpleNamespace(batch=b2)}
+    assert gate.positions(flights) == {1: {"file": 0, "row": 2}, 2: {"file": 0, "row": 4}}
+    assert gate.refs(flights)[2] == [it.ref for it in b2.items] and len(gate.refs(flights)[2]) == 2
+    assert [seq for seq, _ in gate.covered(2)] == [1]  # only what the driver holds is acknowledged now
