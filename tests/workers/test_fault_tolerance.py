@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import signal
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -105,6 +106,17 @@ def test_worker_process_killed_by_sigkill_mid_batch_parquet_rows_counted_once(ra
     _, items = HistoryStore.open(tmp_path / "h").read_codes()
     assert sorted(it.id for it in items) == sorted(ids)
     assert sum(w.n_images for w in HistoryStore.open(tmp_path / "h").read_windows()) == 400
+    # the probe: the retried batch committed late, two count windows overlapped and identical runs gave different
+    # alarms; batches are now applied in source order, so the faulty run stores the fault-free run's windows
+    clean = run_pipeline(replace(config, history=str(tmp_path / "clean"), write_codes=False))
+    assert clean.retries == 0 and clean.alarm_count == summary.alarm_count
+
+    def windows(store):
+        return sorted((w.stream, w.start, w.n_images, w.presence.tolist())
+                      for w in HistoryStore.open(store).read_windows())
+
+    assert windows(tmp_path / "h") == windows(tmp_path / "clean")
+    assert [(a.concept, a.state) for a in clean.alarms] == [(a.concept, a.state) for a in summary.alarms]
 
 
 def test_aggregator_compacts_a_stream_once_its_windows_reach_a_new_utc_day(tmp_path):
