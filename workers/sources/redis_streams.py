@@ -8,7 +8,7 @@ import socket
 import time
 import uuid
 
-from monitor.errors import ConfigError
+from monitor.errors import ConfigError, PipelineError
 from monitor.records import ItemMeta
 from monitor.uris import redact_uri
 from workers.items import WorkItem
@@ -30,12 +30,13 @@ class RedisSource(Source):
 
     OPTIONS = {"stream": "", "group": "splice", "consumer": "", "image_field": "image", "path_field": "path",
                "text_field": "text", "timestamp_field": "ts", "id_field": "", "stream_field": "", "kind": "",
-               "claim_idle_ms": "60000", "drain": "0", "start": "0"}
+               "claim_idle_ms": "60000", "drain": "0", "start": "0", "retries": "10"}
 
     def __init__(self, url: str, *, stream: str = "", group: str = "splice", consumer: str = "",
                  image_field: str = "image", path_field: str = "path", text_field: str = "text",
                  timestamp_field: str = "ts", id_field: str = "", stream_field: str = "", kind: str = "",
-                 claim_idle_ms: str | int = 60000, drain: str | bool = False, start: str = "0") -> None:
+                 claim_idle_ms: str | int = 60000, drain: str | bool = False, start: str = "0",
+                 retries: str | int = 10) -> None:
         super().__init__()
         import redis
 
@@ -46,6 +47,10 @@ class RedisSource(Source):
                               "e.g. redis://127.0.0.1:6379/0?stream=frames&group=splice")
         if kind not in ("", "image", "text"):
             raise ConfigError(f"redis source option kind must be 'image' or 'text', got {kind!r}")
+        try:  # Redis unreachable: with the default 10, about 30 s of tries, then an error
+            self.retries, self.backoff_s = int(retries), 0.2
+        except ValueError:
+            raise ConfigError(f"redis source option retries must be an integer, got {retries!r}") from None
         self.url = url
         self._ref_base = redact_uri(url)  # dead letters and logs carry the reference, never the password
         self.key = stream
@@ -72,15 +77,15 @@ class RedisSource(Source):
         self._claim_cursor = b"0-0"
         self._last_claim = 0.0
 
-    def _entries_to_items(self, entries) -> tuple[list[WorkItem], list[bytes]]:
+    def _entries_to_items(self, entries, taken: set[bytes]) -> tuple[list[WorkItem], list[bytes]]:
         items, ids = [], []
         for entry_id, fields in entries:
             if fields is None:  # deleted from the stream while pending: ack it away, nothing to count
                 self.client.xack(self.key, self.group, entry_id)
                 continue
-            if entry_id in self._inflight:
+            if entry_id in self._inflight or entry_id in taken:
                 continue
-            self._inflight.add(entry_id)
+            taken.add(entry_id)
             ids.append(entry_id)
             items.append(self._item(entry_id, fields))
         return items, ids
@@ -131,8 +136,32 @@ class RedisSource(Source):
         return out
 
     def read(self, max_items: int, timeout_s: float = 1.0) -> SourceBatch | None:
+        return self._retrying("read", lambda: self._read(max_items, timeout_s))
+
+    def _retrying(self, what: str, call):
+        """``call()``, retried with backoff while Redis cannot be reached (a restart, a failover); then a
+        PipelineError naming the source. A failed read hands nothing out and re-reads this consumer's own pending
+        entries next time, so an entry delivered just before the connection broke is not stranded."""
+        import redis
+
+        t0, wait = time.monotonic(), self.backoff_s
+        for attempt in range(self.retries + 1):
+            try:
+                return call()
+            except (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError) as exc:
+                last = exc
+                self._own_pending, self._pel_cursor = True, "0"
+            if attempt < self.retries:
+                time.sleep(wait)
+                wait = min(2 * wait, 5.0)
+        raise PipelineError(f"redis source {self._ref_base} stream {self.key!r}: {what} failed {self.retries + 1} "
+                            f"times over {time.monotonic() - t0:.1f} s ({type(last).__name__}: "
+                            f"{str(last).splitlines()[0][:160]}); unacknowledged entries stay pending") from last
+
+    def _read(self, max_items: int, timeout_s: float) -> SourceBatch | None:
         items: list[WorkItem] = []
         ids: list[bytes] = []
+        taken: set[bytes] = set()  # joins the in-flight set only when the whole read succeeded
         if self._own_pending:
             resp = self.client.xreadgroup(self.group, self.consumer, {self.key: self._pel_cursor}, count=max_items)
             entries = resp[0][1] if resp else []
@@ -140,24 +169,25 @@ class RedisSource(Source):
                 self._own_pending = False
             else:
                 self._pel_cursor = entries[-1][0]
-            items, ids = self._entries_to_items(entries)
+            items, ids = self._entries_to_items(entries, taken)
         now = time.monotonic()
         if len(items) < max_items and now - self._last_claim >= min(5.0, self.claim_idle_ms / 2000):
             self._last_claim = now
-            more, more_ids = self._entries_to_items(self._claim(max_items - len(items)))
+            more, more_ids = self._entries_to_items(self._claim(max_items - len(items)), taken)
             items += more
             ids += more_ids
         if len(items) < max_items:
             block = None if items else max(1, int(timeout_s * 1000))
             resp = self.client.xreadgroup(self.group, self.consumer, {self.key: ">"}, count=max_items - len(items),
                                           block=block)
-            more, more_ids = self._entries_to_items(resp[0][1] if resp else [])
+            more, more_ids = self._entries_to_items(resp[0][1] if resp else [], taken)
             items += more
             ids += more_ids
         if not items:
             if self.finite and not self._inflight and self._nothing_pending():
                 return None
             return SourceBatch(0, [], token=[])
+        self._inflight |= taken
         return SourceBatch(self._next_seq(), items, token=ids)
 
     def _nothing_pending(self) -> bool:
@@ -167,7 +197,7 @@ class RedisSource(Source):
     def ack(self, batch: SourceBatch) -> None:
         ids = batch.token or []
         if ids:
-            self.client.xack(self.key, self.group, *ids)
+            self._retrying("XACK", lambda: self.client.xack(self.key, self.group, *ids))  # idempotent
             self._inflight.difference_update(ids)
 
     def close(self) -> None:
