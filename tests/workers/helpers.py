@@ -67,3 +67,37 @@ def drain(source, size=3):
             return out
         source.ack(batch)
         out.append(batch)
+
+
+def redis_server_with_aof(port: int, workdir):
+    """A redis-server on loopback whose data survives a restart (append-only file, fsynced on every write), for
+    tests that restart it; skips the test when redis-server is not installed."""
+    import shutil
+    import subprocess
+
+    import pytest
+
+    exe = shutil.which("redis-server")
+    if exe is None:
+        pytest.skip("redis-server is not installed")
+    return subprocess.Popen([exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "yes",
+                             "--appendfsync", "always", "--dir", str(workdir)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def wait_for_redis(port: int):
+    """A client of the redis-server on ``port`` once it answers (20 s at most)."""
+    import time
+
+    import redis
+
+    client = redis.Redis(host="127.0.0.1", port=port)
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            client.ping()
+            return client
+        except redis.ConnectionError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)

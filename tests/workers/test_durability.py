@@ -105,3 +105,41 @@ def test_a_driver_that_dies_loses_nothing_acknowledged_and_the_rerun_completes(t
     assert "images counted: 600" in out and "duplicates:     0" in out, out
     assert redis_client.xpending("caps", "g")["pending"] == 0
     assert _stored_images(str(store)) == 600
+
+
+def test_a_redis_server_restart_mid_run_loses_and_repeats_nothing(ray_local, text_config, tmp_path):
+    """The Redis server restarts (append-only file kept) while batches are in flight and held for a checkpoint:
+    reads and acknowledgements are retried until it is back, and every entry is counted once."""
+    import threading
+
+    from tests.workers.helpers import free_port, redis_server_with_aof, wait_for_redis
+
+    port = free_port()
+    procs = [redis_server_with_aof(port, tmp_path)]
+    try:
+        client = wait_for_redis(port)
+        add_captions(client, "caps", 300)
+
+        def restart_server(seq, workers):
+            if seq == 5 and len(procs) == 1:
+                procs[0].terminate()
+                procs[0].wait(timeout=20)
+
+                def start():
+                    time.sleep(1.5)
+                    procs.append(redis_server_with_aof(port, tmp_path))
+
+                threading.Thread(target=start).start()
+
+        config = PipelineConfig(source=f"redis://127.0.0.1:{port}/0?stream=caps&group=g&consumer=c1&drain=1",
+                                worker=text_config, workers=1, batch_size=20, monitor=MONITOR,
+                                history=str(tmp_path / "h"), checkpoint_job="caps-job", checkpoint_every_s=0.5)
+        summary = run_pipeline(config, hooks={"after_submit": restart_server})
+        assert len(procs) == 2
+        assert summary.images == 300 and summary.duplicates == 0 and summary.dead_letters_total == 0
+        assert wait_for_redis(port).xpending("caps", "g")["pending"] == 0
+        assert _stored_images(str(tmp_path / "h")) == 300
+    finally:
+        for proc in procs:
+            proc.terminate()
+            proc.wait(timeout=20)

@@ -8,7 +8,7 @@ import time
 import pytest
 
 from monitor.errors import ConfigError
-from tests.workers.helpers import drain, jpeg_bytes
+from tests.workers.helpers import drain, jpeg_bytes, redis_server_with_aof, wait_for_redis
 from workers.sources import RedisSource, open_source
 
 
@@ -77,44 +77,16 @@ def test_redis_entry_with_a_bad_timestamp_is_a_bad_timestamp_item(redis_url, red
     assert redis_client.xpending("frames", "splice")["pending"] == 0
 
 
-def _redis_server(port, workdir):
-    import shutil
-    import subprocess
-
-    exe = shutil.which("redis-server")
-    if exe is None:
-        pytest.skip("redis-server is not installed")
-    # append-only file, fsynced on every write: a restart keeps the stream, the group and its pending entries
-    return subprocess.Popen([exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "yes",
-                             "--appendfsync", "always", "--dir", str(workdir)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-
-
-def _wait_up(port):
-    import redis
-
-    client = redis.Redis(host="127.0.0.1", port=port)
-    deadline = time.monotonic() + 20
-    while True:
-        try:
-            client.ping()
-            return client
-        except redis.ConnectionError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.05)
-
-
 def test_a_redis_restart_mid_stream_is_ridden_out_and_every_entry_comes_once(tmp_path):
     import threading
 
     from tests.workers.helpers import free_port
 
     port = free_port()
-    server = _redis_server(port, tmp_path)
+    server = redis_server_with_aof(port, tmp_path)
     procs = [server]
     try:
-        client = _wait_up(port)
+        client = wait_for_redis(port)
         ids = [client.xadd("s", {"text": f"c{i}"}) for i in range(30)]
         src = open_source(f"redis://127.0.0.1:{port}/0?stream=s&group=g&consumer=c1&drain=1")
         first = src.read(10, timeout_s=0.1)
@@ -125,14 +97,14 @@ def test_a_redis_restart_mid_stream_is_ridden_out_and_every_entry_comes_once(tmp
 
         def restart():
             time.sleep(1.0)
-            procs.append(_redis_server(port, tmp_path))
+            procs.append(redis_server_with_aof(port, tmp_path))
 
         threading.Thread(target=restart).start()
         src.ack(second)  # retried until the server is back
         rest = drain(src)  # reads retried too
         got = [it.meta.id for b in [first, second, *rest] for it in b.items]
         assert got == [i.decode() for i in ids]
-        assert _wait_up(port).xpending("s", "g")["pending"] == 0
+        assert wait_for_redis(port).xpending("s", "g")["pending"] == 0
     finally:
         for proc in procs:
             proc.terminate()
@@ -144,9 +116,9 @@ def test_a_redis_server_that_stays_down_is_one_clear_error(tmp_path):
     from tests.workers.helpers import free_port
 
     port = free_port()
-    server = _redis_server(port, tmp_path)
+    server = redis_server_with_aof(port, tmp_path)
     try:
-        client = _wait_up(port)
+        client = wait_for_redis(port)
         client.xadd("s", {"text": "c"})
         src = open_source(f"redis://:pw@127.0.0.1:{port}/0?stream=s&group=g&retries=2")
     finally:
