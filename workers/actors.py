@@ -301,6 +301,7 @@ class AggregatorCore:
             for stream, rows in by_stream.items():
                 part = codes if len(by_stream) == 1 else codes.take(rows)
                 self.metrics.observe_batch(stream, part, latency_s=latency_s)
+                self.metrics.set_reference_fill(stream, self.reference_fill(stream)["ratio"])
                 if part.converged is not None:
                     n_bad = int((~np.asarray(part.converged, dtype=bool)).sum())
                     if n_bad:
@@ -381,7 +382,14 @@ class AggregatorCore:
             "nonconverged": self.nonconverged,
             "streams": dict(self.streams),
             "ledger_size": self.ledger_size(),
+            "references": {stream: self.reference_fill(stream) for stream in self.monitor.streams()},
         }
+
+    def reference_fill(self, stream: str) -> dict[str, Any]:
+        """How far ``stream``'s reference is built and how many drift tests ran (see workers.summary)."""
+        from workers.summary import reference_fill
+
+        return reference_fill(self.monitor.status(stream), self.monitor.config)
 
     # -- resumable batch jobs (backfill) ----------------------------------------------------------------------------
 

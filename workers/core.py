@@ -63,6 +63,40 @@ class WorkerConfig:
         if not (self.batch_timeout_s >= 0 and math.isfinite(self.batch_timeout_s)):
             raise ConfigError(f"batch_timeout_s must be a finite number >= 0, got {self.batch_timeout_s!r}")
 
+    def check(self) -> None:
+        """Check what can be checked without loading the model, so a typo fails in a second, before Ray and the
+        workers start: the model name, a local checkpoint or model directory, the vocabulary, the template and the
+        mean file. Raises ConfigError naming the setting."""
+        from pathlib import Path
+
+        from monitor.concepts.dictionary import load_mean
+        from monitor.concepts.vocab import check_template, resolve_vocabulary
+
+        model = self.model
+        if model.startswith("st:"):
+            if not Path(model[3:]).is_dir():
+                raise ConfigError(f"model: {model!r} names no directory (st:/path/to/a/sentence-transformers/dir)")
+        elif not (model.lower() == "minilm" or model == "null" or model.startswith("null:")):
+            import difflib
+
+            from monitor.concepts.encoders import list_models
+
+            known = list_models()
+            if model not in known:
+                close = difflib.get_close_matches(model, known, n=5, cutoff=0.5)
+                hint = f"; did you mean {', '.join(close)}?" if close else ""
+                raise ConfigError(f"model: unknown model {model!r}{hint} (valid: minilm, st:/path/to/dir or an "
+                                  f"open_clip architecture, see `python -c 'import open_clip; "
+                                  f"print(open_clip.list_models())'`)")
+        pretrained = self.pretrained
+        if pretrained and (os.sep in pretrained or pretrained.endswith((".pt", ".pth", ".bin", ".safetensors"))):
+            if not Path(pretrained).expanduser().is_file():
+                raise ConfigError(f"pretrained: no checkpoint file {pretrained!r}")
+        resolve_vocabulary(self.vocab)
+        check_template(self.template)
+        if self.mean is not None and self.mean != "vocab":
+            load_mean(self.mean)
+
     def decomposer_kwargs(self) -> dict[str, Any]:
         return dict(
             model=self.model,

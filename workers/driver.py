@@ -73,8 +73,9 @@ class Pipeline:
     The callbacks: ``on_alarm(alarm)`` for every alarm as it fires; ``on_progress(items_done, dead_letters)`` after
     each commit (counts of this run); ``on_started(info)`` once the workers are ready; ``on_status(status)`` every
     ``status_every_s`` seconds with a :class:`Status`. ``hooks`` is for tests (``actors(workers, aggregator)`` once,
-    ``after_submit(seq, workers)`` per batch). With ``config.checkpoint_job`` the run resumes from, and periodically
-    saves, a checkpoint in the history store.
+    ``after_submit(seq, workers)`` per batch); ``on_phase(message)`` before each long start-up step ("starting
+    Ray", "loading the model"). With ``config.checkpoint_job`` the run resumes from, and periodically saves, a
+    checkpoint in the history store.
     """
 
     def __init__(self, config: PipelineConfig, *, stop: threading.Event | None = None,
@@ -82,6 +83,7 @@ class Pipeline:
                  on_progress: Callable[[int, int], None] | None = None,
                  on_started: Callable[[dict], None] | None = None,
                  on_status: Callable[["Status"], None] | None = None, status_every_s: float = 0.0,
+                 on_phase: Callable[[str], None] | None = None,
                  hooks: dict[str, Callable] | None = None) -> None:
         self.config = config
         self.stop = stop or threading.Event()
@@ -90,6 +92,8 @@ class Pipeline:
         self.on_started = on_started
         self.on_status = on_status
         self.status_every_s = float(status_every_s)
+        self.on_phase = on_phase or (lambda message: None)
+        self.signals: list[str] = []  # the stop signals received (handle_signals)
         self.hooks = hooks or {}
         self.source: Any = None
         self.workers: list[Any] = []
@@ -126,16 +130,23 @@ class Pipeline:
         own SIGTERM handler that exits at once; restored at the end)."""
         import ray
 
-        from workers.sources import open_source
-
         config = self.config
         self._t_start = time.perf_counter()
+        # clear errors in a second, before Ray and the models start
+        self.on_phase("checking the model name, vocabulary and mean")
+        config.worker.check()
         if config.reference_history is not None:
-            check_history_reference(config.reference_history)  # a clear error before Ray and the models start
-        started_ray = _ensure_ray(config.ray_address)
-        previous_handlers = _install_stop_handlers(self.stop) if handle_signals else {}
+            check_history_reference(config.reference_history)
+        source = _open_source(config)
+        self.on_phase(f"starting Ray ({'joining ' + redact_uri(config.ray_address) if config.ray_address else 'local'})")
         try:
-            self.source = open_source(config.source, kind=config.kind, stream=config.stream)
+            started_ray = _ensure_ray(config.ray_address)
+        except BaseException:
+            source.close()
+            raise
+        previous_handlers = _install_stop_handlers(self.stop, self.signals) if handle_signals else {}
+        try:
+            self.source = source
             if self.job and not hasattr(self.source, "resume"):
                 raise ConfigError(f"checkpointed (resumable) runs need a file source (Parquet/Arrow or a "
                                   f"directory); {redact_uri(config.source)!r} is not one")
@@ -170,6 +181,8 @@ class Pipeline:
             wcfg = replace(wcfg, device="cuda")
         WorkerActor = worker_actor_class(num_cpus=config.cpus_per_worker, num_gpus=self.gpus,
                                          max_restarts=config.max_restarts)
+        self.on_phase(f"starting {config.workers} worker(s): loading {wcfg.model} and its concept dictionary (the "
+                      f"first run with a model and vocabulary builds the dictionary, which takes minutes on a CPU)")
         # all workers load at once; a dictionary missing from the cache is built by each (one core each) and
         # written atomically, which costs no more wall time than building it once and then loading it
         self.workers = [WorkerActor.remote(wcfg) for _ in range(config.workers)]
@@ -250,8 +263,14 @@ class Pipeline:
         """Read batches while there is room in flight and a worker to take them (backpressure)."""
         limit = self.config.in_flight_limit
         while len(self.flights) + len(self.retry_queue) < limit and (w := self.pick()) is not None:
-            batch = self.source.read(self.config.batch_size,
-                                     timeout_s=0.0 if self.flights else self.config.read_timeout_s)
+            try:
+                batch = self.source.read(self.config.batch_size,
+                                         timeout_s=0.0 if self.flights else self.config.read_timeout_s)
+            except Exception as exc:
+                if not _unreachable(exc):
+                    raise
+                raise PipelineError(f"lost the source {redact_uri(self.config.source)}: {redact_text(_short(exc))}; "
+                                    f"what was not acknowledged is delivered again on the next run") from None
             if batch is None:
                 self.exhausted = True
                 return
@@ -399,8 +418,10 @@ class Pipeline:
             ray.get(self.aggregator.release.remote(tuple(self.released)))
             self.released = []
         if self.job and stopped_by == "signal":
+            self.on_phase("saving the checkpoint (the open windows continue on the next run)")
             self.checkpoint()
             return
+        self.on_phase("flushing the open windows")
         final_alarms = ray.get(self.aggregator.flush.remote())
         if self.on_alarm is not None:
             for alarm in final_alarms:
@@ -435,14 +456,18 @@ class Pipeline:
         duplicates = int(dead_letters.pop("duplicate", 0))
         alarms = ray.get(self.aggregator.recent_alarms.remote(1000))
         ray.get(self.aggregator.close.remote())
-        return RunSummary(
+        result = RunSummary(
             images=summary["images"], dead_letters=dead_letters, duplicates=duplicates, alarms=alarms,
             alarm_count=summary["alarms"], windows_closed=summary["windows_closed"], batches=summary["batches"],
             retries=self.retries, duplicate_batches=summary["duplicate_batches"],
             worker_failures=self.health.failures, elapsed_s=time.perf_counter() - self._t_start,
             stopped_by=stopped_by, streams=summary["streams"], nonconverged=summary["nonconverged"],
             metrics_address=self.metrics_address, checkpoint=self.source.checkpoint(),
-            alarms_resolved=summary["alarms_resolved"], pushed_to=pushed_to, push_error=push_error)
+            alarms_resolved=summary["alarms_resolved"], pushed_to=pushed_to, push_error=push_error,
+            references=summary.get("references", {}), signal=self.signals[0] if self.signals else None)
+        for note in result.notices:
+            log.warning("%s", note)
+        return result
 
     def close(self) -> None:
         """Close the source and stop the actors (also after a failure)."""
@@ -483,6 +508,30 @@ def _push_batch_result(config: PipelineConfig, summary: dict, elapsed_s: float) 
                  grouping_key={"run": config.run_id})
 
 
+def _open_source(config: PipelineConfig):
+    """The run's source; a service that cannot be reached (Redis down, wrong host) is one ConfigError line."""
+    from workers.sources import open_source
+
+    try:
+        return open_source(config.source, kind=config.kind, stream=config.stream)
+    except Exception as exc:
+        if not _unreachable(exc):
+            raise
+        raise ConfigError(f"cannot reach the source {redact_uri(config.source)}: {redact_text(_short(exc))}; check "
+                          f"the address and that the service is running") from None
+
+
+def _unreachable(exc: BaseException) -> bool:
+    """Whether ``exc`` says a network service could not be reached (socket errors, redis-py connection errors)."""
+    if isinstance(exc, (ConnectionError, TimeoutError)):
+        return True
+    try:
+        import redis.exceptions
+    except ImportError:  # pragma: no cover - redis is a dependency
+        return False
+    return isinstance(exc, (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError))
+
+
 def check_history_reference(ref: HistoryReference) -> None:
     """ConfigError unless ``ref.store`` is a history store holding images with window start in [start, end)."""
     from monitor.history.store import HistoryStore, NoDataError
@@ -495,9 +544,10 @@ def check_history_reference(ref: HistoryReference) -> None:
                           f"--reference-from/--reference-to)") from None
 
 
-def _install_stop_handlers(stop: threading.Event) -> dict:
+def _install_stop_handlers(stop: threading.Event, received: list[str] | None = None) -> dict:
     """SIGTERM/SIGINT set ``stop``: the driver stops reading, commits what is in flight and flushes. A second signal
-    raises KeyboardInterrupt (leave now; what was not acknowledged is delivered again next time)."""
+    raises KeyboardInterrupt (leave now; what was not acknowledged is delivered again next time). The names of the
+    signals received are appended to ``received``."""
     import sys
 
     if threading.current_thread() is not threading.main_thread():
@@ -506,8 +556,11 @@ def _install_stop_handlers(stop: threading.Event) -> dict:
     def handler(signum, frame):
         if stop.is_set():
             raise KeyboardInterrupt
-        print(f"splice-monitor: {signal.Signals(signum).name} received; committing what is in flight, then "
-              "flushing", file=sys.stderr, flush=True)
+        name = signal.Signals(signum).name
+        if received is not None:
+            received.append(name)
+        print(f"splice-monitor: {name} received; committing what is in flight, then flushing (again to leave at "
+              "once)", file=sys.stderr, flush=True)
         stop.set()
 
     previous = {}

@@ -3,12 +3,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from monitor.records import Alarm
 
-__all__ = ["Status", "RunSummary"]
+__all__ = ["Status", "RunSummary", "reference_fill", "reference_notice"]
 
 
 @dataclass(frozen=True)
@@ -52,6 +52,18 @@ class RunSummary:
     pushed_to: str | None = None  # the Pushgateway the final metrics went to
     push_error: str | None = None  # why the push failed (the run itself completed)
     duplicates: int = 0  # items whose id was already counted (dead-lettered as "duplicate"; not in dead_letters)
+    references: dict[str, dict[str, Any]] = field(default_factory=dict)  # stream -> reference_fill(...)
+    signal: str | None = None  # the signal that stopped the run (stopped_by == "signal"), e.g. "SIGINT"
+
+    @property
+    def notices(self) -> list[str]:
+        """One line per stream on which no drift test ran, saying why and what to change."""
+        out = []
+        for stream, fill in sorted(self.references.items()):
+            note = reference_notice(fill)
+            if note:
+                out.append(note if len(self.references) == 1 else f"{stream}: {note}")
+        return out
 
     @property
     def dead_letters_total(self) -> int:
@@ -78,8 +90,12 @@ class RunSummary:
             "elapsed_s": round(self.elapsed_s, 3),
             "items_per_s": round(self.items_per_s, 2),
             "stopped_by": self.stopped_by,
+            "signal": self.signal,
             "streams": self.streams,
             "nonconverged": self.nonconverged,
+            "references": self.references,
+            "notices": self.notices,
+            "alarm_events": [_alarm_event(a) for a in self.alarms],
         }
 
     def format(self) -> str:
@@ -97,4 +113,47 @@ class RunSummary:
             lines.append(f"pushed:         final metrics to {self.pushed_to}")
         if self.push_error:
             lines.append(f"push failed:    {self.push_error}")
+        lines += [f"notice:         {note}" for note in self.notices]
         return "\n".join(lines)
+
+
+def reference_fill(status, config) -> dict[str, Any]:
+    """How far a stream's reference is built, from its ``StreamStatus`` and the ``MonitorConfig``: the reference
+    mode, what it holds and needs (images for ``fixed``, closed windows for ``trailing``, a loaded period for
+    ``history``), their ratio and how many drift tests ran."""
+    mode = status.reference_mode
+    if mode == "fixed":
+        needed = int(config.reference.n_images)
+        filled = min(int(status.n_images), needed)
+    elif mode == "trailing":
+        needed = int(config.window.view + config.reference.trailing_windows)
+        filled = min(int(status.n_windows), needed)
+    else:
+        needed, filled = 1, 0
+    if status.reference_ready:
+        filled = needed
+    return {"mode": mode, "filled": filled, "needed": needed, "ratio": filled / needed, "tests": int(status.steps)}
+
+
+def reference_notice(fill: dict[str, Any]) -> str | None:
+    """The line that says no drift test ran and what to change; None when tests ran."""
+    if fill["tests"] > 0:
+        return None
+    mode, filled, needed = fill["mode"], fill["filled"], fill["needed"]
+    if filled < needed:
+        if mode == "fixed":
+            return (f"reference {filled:,}/{needed:,}: no drift test ran; use --reference-images N or "
+                    f"--reference history")
+        if mode == "trailing":
+            return (f"reference {filled:,}/{needed:,} windows: no drift test ran; use a smaller --window or "
+                    f"--reference fixed")
+        return "no history reference loaded: no drift test ran; check --reference-from/--reference-to"
+    return (f"reference {filled:,}/{needed:,} but no window closed after it: no drift test ran; use a smaller "
+            f"--window or --reference-images N")
+
+
+def _alarm_event(alarm: Alarm) -> dict[str, Any]:
+    return {"stream": alarm.stream, "kind": alarm.kind, "direction": alarm.direction, "concept": alarm.concept,
+            "state": alarm.state, "effect_size": alarm.effect_size, "p_value": alarm.p_value,
+            "window_start": alarm.window_start, "window_end": alarm.window_end, "event_time": alarm.event_time,
+            "item_offset": alarm.item_offset, "text": alarm.describe()}

@@ -4,6 +4,9 @@ pipeline and the drift monitor feed, and a custom collector turns it into bounde
 Every metric name lives in :data:`METRICS` (name, type, labels, unit, meaning); docs/metrics.md, the rules and the
 dashboards use those names and nothing else.
 
+Size: one collector and the state it reads; the table of names, the per-stream state, its updates, its save/load and
+the scrape change together whenever a metric is added, so they stay in one module.
+
 >>> from prometheus_client import CollectorRegistry
 >>> from monitor.records import SparseCodes
 >>> import numpy as np
@@ -112,6 +115,8 @@ METRICS: tuple[MetricSpec, ...] = (
                "Unix time at which the latest closed window ends."),
     MetricSpec("splice_reference_timestamp_seconds", "gauge", ("stream",), "seconds",
                "Unix time the stream's reference was built; age = time() - this."),
+    MetricSpec("splice_reference_fill_ratio", "gauge", ("stream",), "ratio",
+               "How far the stream's reference is built (1 = complete); below 1 no drift test can run."),
     MetricSpec("splice_exported_concepts", "gauge", ("stream",), "concepts",
                "Concepts currently exported with per-concept series for the stream (bounded)."),
     MetricSpec("splice_dictionary_concepts", "gauge", (), "concepts",
@@ -153,6 +158,7 @@ class _StreamState:
         self.top: list[tuple[int, float]] = []
         self.exported: np.ndarray | None = None  # sorted concept ids; None = not chosen yet
         self.reference_time: float | None = None
+        self.reference_fill: float | None = None
 
 
 class MonitorMetrics:
@@ -293,6 +299,13 @@ class MonitorMetrics:
             raise ValueError(f"unix_seconds must be finite, got {unix_seconds!r}")
         with self._lock:
             self._state(stream).reference_time = float(unix_seconds)
+
+    def set_reference_fill(self, stream: str, ratio: float) -> None:
+        """How far the stream's reference is built, in [0, 1]; drift tests run only once it reaches 1."""
+        if not (0.0 <= ratio <= 1.0):
+            raise ValueError(f"ratio must be in [0, 1], got {ratio!r}")
+        with self._lock:
+            self._state(stream).reference_fill = float(ratio)
 
     # ------------------------------------------------------------------ drift monitor side
     def observe_window(
@@ -461,6 +474,8 @@ class MonitorMetrics:
             fam["splice_exported_concepts"].add_metric([stream], float(len(idx)))
             if s["reference_time"] is not None:
                 fam["splice_reference_timestamp_seconds"].add_metric([stream], s["reference_time"])
+            if s["reference_fill"] is not None:
+                fam["splice_reference_fill_ratio"].add_metric([stream], s["reference_fill"])
             if s["window_end"] is None:
                 continue
             fam["splice_window_end_timestamp_seconds"].add_metric([stream], s["window_end"])
@@ -529,6 +544,7 @@ class MonitorMetrics:
             "l0_buckets": st.l0_buckets.copy(), "l0_sum": st.l0_sum,
             "lat_buckets": st.lat_buckets.copy(), "lat_sum": st.lat_sum,
             "reference_time": st.reference_time,
+            "reference_fill": st.reference_fill,
             "window_end": st.window_end,
             "active": dict(st.active),
             "current_prev": take(st.cur_prev), "current_mean": take(st.cur_mean),

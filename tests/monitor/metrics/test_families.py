@@ -291,6 +291,7 @@ def test_default_series_count_for_10000_concepts_matches_docs():
         m.observe_window(stream, cur, cur, concept_scores=rng.random(10_000), drift_score=0.5,
                          alarms=[_alarm(stream, 3, "w3")])
         m.set_reference_time(stream, 0.0)
+        m.set_reference_fill(stream, 1.0)
     total = _series_count(reg)
     per_stream = (total - 2) // 2
     text = DOCS.read_text()

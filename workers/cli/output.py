@@ -1,0 +1,85 @@
+"""How ``run``, ``backfill`` and ``demo`` talk to the user: start-up steps, the periodic status line and progress on
+stderr (none with ``--quiet``), alarms on stdout as they fire, and the summary at the end as text or, with
+``--json``, as one JSON object on stdout that also holds the alarms and notices."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+from typing import Any
+
+__all__ = ["Console", "print_alarm"]
+
+
+def print_alarm(alarm) -> None:
+    if alarm.state == "resolved":
+        print(f"resolved: {alarm.describe()}", flush=True)
+    else:
+        # p_value is exp(-evidence) of the sequential test: an uncorrected per-test bound, not a calibrated p-value
+        print(f"ALARM {alarm.describe()}  (effect {alarm.effect_size:.3g}, p<={alarm.p_value:.2g}, fired at item "
+              f"{alarm.item_offset}, event time {alarm.event_time:.3f})", flush=True)
+
+
+class Console:
+    """The pipeline commands' output, configured once from the resolved settings."""
+
+    def __init__(self, command: str, *, quiet: bool = False, json_output: bool = False,
+                 log_level: str = "warning") -> None:
+        self.command = command
+        self.quiet = quiet
+        self.json = json_output
+        self.t0 = time.perf_counter()
+        _configure_logging(log_level)
+
+    def say(self, message: str) -> None:
+        """A start-up step or a note on stderr, with the seconds since the command started."""
+        if not self.quiet:
+            print(f"{self.command}: {message} ({time.perf_counter() - self.t0:.0f} s)", file=sys.stderr, flush=True)
+
+    def phase(self, message: str) -> None:
+        self.say(message + "…")
+
+    def status(self, status) -> None:
+        if not self.quiet:
+            print(f"{self.command}: {status.format()}", file=sys.stderr, flush=True)
+
+    def started(self, info: dict) -> None:
+        addr = info.get("metrics_address")
+        where = f", metrics on http://{addr[0]}:{addr[1]}/metrics" if addr else ""
+        if not self.quiet:
+            print(f"running: {info['workers']} worker(s), {info['gpus_per_worker']:g} GPU each, encoder "
+                  f"{info['encoder']}, {info['n_concepts']:,} concepts{where} "
+                  f"({time.perf_counter() - self.t0:.0f} s after start)", file=sys.stderr, flush=True)
+
+    def alarm(self, alarm) -> None:
+        if not self.json:  # with --json the alarms are part of the summary object
+            print_alarm(alarm)
+
+    def exit_code(self, summary) -> int:
+        """0, or 130 when Ctrl-C stopped the run (after it committed what was in flight and flushed)."""
+        if summary.signal == "SIGINT":
+            print(f"splice-monitor {self.command}: interrupted (Ctrl-C); what was in flight was committed and the "
+                  f"windows flushed", file=sys.stderr, flush=True)
+            return 130
+        return 0
+
+    def summary(self, summary, **extra: Any) -> None:
+        if self.json:
+            print(json.dumps({"command": self.command, **summary.as_dict(), **extra}, default=str))
+        else:
+            print(summary.format())
+
+
+def _configure_logging(level: str) -> None:
+    """splice-monitor's own loggers (monitor.*, workers.*) on stderr at ``level``; other libraries keep theirs.
+    Records still propagate, so an application or test that captures logging sees them too."""
+    for name in ("monitor", "workers"):
+        logger = logging.getLogger(name)
+        logger.setLevel(getattr(logging, level.upper()))
+        logger.handlers = [h for h in logger.handlers if not getattr(h, "_splice_console", False)]
+        handler = logging.StreamHandler(sys.stderr)  # the stderr of now (tests swap it per call)
+        handler.setFormatter(logging.Formatter("splice-monitor %(levelname)s: %(message)s"))
+        handler._splice_console = True
+        logger.addHandler(handler)
