@@ -3,6 +3,10 @@ the Aggregator exactly once, acknowledges the source after the commit, and flush
 
 Backpressure: at most ``max_in_flight`` batches are read and not yet committed; the driver reads the next batch only
 when one commits, so a slow model slows the reader instead of filling memory.
+
+Size: the :class:`Pipeline` class is one run's state (flights, retries, held acknowledgements, checkpoints, recovery)
+and the small steps that change it; splitting the steps from the state they share would only add indirection. The
+records it reports live in ``workers/summary.py``, worker health in ``workers/health.py``.
 """
 
 from __future__ import annotations
