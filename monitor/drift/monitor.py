@@ -259,7 +259,7 @@ class StreamMonitor:
     def _test(self, codes: SparseCodes, ts: np.ndarray, offset: int) -> list[Alarm]:
         seq = self.seq.update(codes)
         self.steps += 1
-        if not seq.fire.any() and not self.book.n_active and self.config.drift.stream_threshold is None:
+        if not seq.any_fire and not self.book.n_active and self.config.drift.stream_threshold is None:
             return []  # nothing can fire or resolve: skip assembling what an alarm would report
         ref_stats, ref_start, ref_end = self.reference.get(self.ring, self.config.window.view)
         res = _step_result(seq, ref_stats.concepts, self._recent(), self.config.drift, self._stream_score)

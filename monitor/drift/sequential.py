@@ -24,6 +24,7 @@ hypothesis has R >= H x ERT comes after at least ERT items on average (H = the n
 from __future__ import annotations
 
 import math
+import weakref
 from typing import Any
 
 import numpy as np
@@ -45,6 +46,35 @@ _CAP_NATS = 2.0
 # calibrate() aims the no-drift run length at this multiple of ERT: a margin above 1 for the simulation's error
 CALIBRATION_TARGET = 1.3
 
+_NF, _NK = len(RATE_FACTORS), len(MEAN_SHIFTS)
+_SHIFTS = np.array(MEAN_SHIFTS)[:, None]
+# Below this an absent-batch factor exp(m log q1) has lost precision (subnormal): such concepts take the exact path.
+_TINY = 1e-280
+# Relative slack of the "can anything fire" screen, far above the rounding of a sum of four terms and a log.
+_SCREEN_SLACK = 1e-9
+_FACTOR_CACHE = 4  # batch sizes whose absent-batch factors are kept
+# the activation shifts double from one to the next, so e^{lam b} - 1 of the larger ones follows by squaring
+_DOUBLING = all(b == 2.0 * a for a, b in zip(MEAN_SHIFTS, MEAN_SHIFTS[1:]))
+# log-LR below which a factor is 0.0 in float64 (exp underflows at -745.1), with a margin for rounding
+_DEAD_NATS = -800.0
+# Factors are floored at exp(-700) ~ 1e-304. R enters the next batch only through R + m (m >= 1), where anything
+# below 1e-16 m vanishes, and a mixture below 1 has evidence 0: R = 1e-304 and R = 0 are the same detector. The floor
+# keeps the arithmetic off subnormal numbers and the slow paths of exp, each 10-100x slower per element.
+_FLOOR_NATS = -700.0
+
+
+def _dead_from(shift: float, m: int) -> float:
+    """The t = shift x (b / sd) from which an up-activation factor of a batch of m items is at most exp(-800)
+    whatever the batch holds (up to t = 700, where the direct update clips): its weights are clipped at the
+    reference maximum, so S - m mu <= m b and log LR <= m D(t), D(t) = t - shift^2 (e^t - 1 - t) / t^2 (b^2 / var
+    = (t / shift)^2). D is concave with D(0) = 0, so past the last grid point where m D > -800 it stays below."""
+    t = np.geomspace(1e-3, 700.0, 20_001)
+    bound = m * (t - shift * shift * (np.expm1(t) - t) / (t * t))
+    above = np.flatnonzero(bound > _DEAD_NATS)
+    if not len(above):
+        return float(t[0])
+    return float(t[above[-1] + 1]) if above[-1] + 1 < len(t) else math.inf
+
 
 def _config_dict(cfg: DriftConfig) -> dict[str, Any]:
     from dataclasses import asdict
@@ -53,16 +83,42 @@ def _config_dict(cfg: DriftConfig) -> dict[str, Any]:
 
 
 class SequentialResult:
-    """What one batch left behind; (4, n_concepts) arrays in ``HYPOTHESES`` order."""
+    """What one batch left behind; (4, n_concepts) arrays in ``HYPOTHESES`` order.
 
-    __slots__ = ("evidence", "tested", "fire", "threshold", "n_hypotheses")
+    ``any_fire`` is known at once; ``evidence`` (log R, floored at 0) and ``fire`` (evidence >= threshold, before
+    the min_count / floor gates of the alarm book) are built on first read, because most batches fire nothing and
+    nobody reads them. A result still alive when its test moves on is filled in first, so it never changes.
+    """
 
-    def __init__(self, evidence, tested, fire, threshold, n_hypotheses) -> None:
-        self.evidence = evidence  # log R, floored at 0
-        self.tested = tested
-        self.fire = fire  # evidence >= threshold (before the min_count / floor gates of the alarm book)
-        self.threshold = threshold
-        self.n_hypotheses = n_hypotheses
+    __slots__ = ("any_fire", "tested", "threshold", "n_hypotheses", "_test", "_evidence", "_fire", "__weakref__")
+
+    def __init__(self, test: "SequentialConceptTest", any_fire: bool) -> None:
+        self._test: SequentialConceptTest | None = test
+        self.any_fire = bool(any_fire)
+        self.tested = test.tested
+        self.threshold = test.threshold
+        self.n_hypotheses = test.n_hypotheses
+        self._evidence: np.ndarray | None = None
+        self._fire: np.ndarray | None = None
+
+    @property
+    def evidence(self) -> np.ndarray:
+        if self._evidence is None:
+            self._evidence = self._test.evidence
+        return self._evidence
+
+    @property
+    def fire(self) -> np.ndarray:
+        if self._fire is None:
+            if self.any_fire:
+                self._fire = self.tested & (self.evidence >= self.threshold)
+            else:
+                self._fire = np.zeros(self.tested.shape, dtype=bool)
+        return self._fire
+
+    def _freeze(self) -> None:
+        self.evidence, self.fire  # noqa: B018 - computed now, while the test still holds this batch's state
+        self._test = None
 
 
 class SequentialConceptTest:
@@ -70,30 +126,92 @@ class SequentialConceptTest:
 
     ``set_reference(stats)`` fixes the null (a concept is tested when the reference saw it in at least
     ``min_support`` images); ``update(codes)`` folds one committed batch in and returns a :class:`SequentialResult`.
-    Cost per batch: O(nonzeros) to count, plus O(tested concepts x alternatives) vector work.
+
+    Cost per batch. Every tested detector moves at every batch (the null learns from absences too), so the work is
+    one pass over the tested detectors, kept small: concepts are stored with the supported ones first, so the fall
+    and activation detectors are contiguous slices of only the concepts they test; a prevalence detector's
+    likelihood ratio for a concept absent from the batch factors into an alternative part exp(m log(1 - p1)),
+    computed once per batch size, times a null part shared by the concept's four alternatives, so only the concepts
+    present in the batch (and the rare ones whose factor could overflow or be capped) take the exact formula; the
+    evidence (a log per concept and kind) is computed only when read, and whether anything fires is decided from
+    the largest R of each detector row first. docs/drift.md (§4, "Cost") gives the equalities this rests on;
+    tests/monitor/drift/test_sequential.py checks them against the direct update on random streams.
     """
 
     def __init__(self, n_concepts: int, config: DriftConfig | None = None) -> None:
         self.n_concepts = int(n_concepts)
         self.config = config or DriftConfig()
-        c = self.n_concepts
         self.ready = False
-        self.idx = np.zeros(0, dtype=np.int64)  # tested concepts
         self.kinds = tuple(k for k in ("prevalence", "activation") if k in self.config.kinds)
-        # prevalence null: Beta(alpha, beta) over the rate, updated by every item seen (reference, then stream)
-        self._alpha = self._beta = np.zeros(0)
-        self._log_p1 = self._log_q1 = np.zeros((0, 0))  # (2 x factors, tested): log p1, log(1 - p1)
-        # activation null: running n, sum and sum of squares of each concept's weight (zeros included), and the
-        # largest weight of the reference (current weights are clipped to it, which keeps the bound valid)
-        self._n = 0
-        self._wsum = self._wsq = self._wmax = np.zeros(0)
-        self._r = np.zeros((0, 0))  # (hypothesis rows x alternatives, tested): R
-        self._on = np.zeros((0, 0), dtype=bool)  # which of those detectors run (the others stay at R = 0)
+        self._prev = "prevalence" in self.kinds
+        self._act = "activation" in self.kinds
         self.n_items = 0  # items tested since the reference was set
-        self.evidence = np.zeros((4, c))
-        self.tested = np.zeros((4, c), dtype=bool)
         self.spend = 0.0  # nats taken off log(H x ERT) by calibrate()
         self.calibration: dict[str, float] = {}
+        self._live: weakref.ref | None = None  # the last result handed out, filled in before the state moves
+        self._evidence: np.ndarray | None = None
+        empty = np.zeros(0)
+        self._install(np.zeros(0, dtype=np.int64), np.zeros(0, dtype=bool), empty, 0.0, np.zeros((8, 0)),
+                      np.zeros((8, 0)), 0, empty, empty, empty, np.zeros((16, 0)),
+                      np.zeros((4, self.n_concepts), dtype=bool))
+
+    # -- layout -----------------------------------------------------------------------------------------------------
+    def _install(self, idx, supported, alpha, total, log_p1, log_q1, n, wsum, wsq, wmax, r, tested) -> None:
+        """Take a state given in the order of ``idx`` (the layout of state_dict) and store it with the supported
+        concepts first: position i of the internal arrays holds concept ``idx[perm[i]]``."""
+        self.idx = np.asarray(idx, dtype=np.int64)
+        supported = np.asarray(supported, dtype=bool)
+        perm = np.concatenate([np.flatnonzero(supported), np.flatnonzero(~supported)])
+        self._perm = perm
+        self._ns = ns = int(supported.sum())
+        self._ct = ct = len(self.idx)
+        self._concepts = self.idx[perm]
+        self._pos = np.full(self.n_concepts, -1, dtype=np.int64)
+        self._pos[self._concepts] = np.arange(ct)
+        self._all = ct == self.n_concepts
+        self._alpha = np.array(alpha, dtype=np.float64)[perm]
+        self._total = float(total)  # alpha + beta, the same for every concept: each item adds 1 to one of them
+        self._log_p1 = np.ascontiguousarray(np.asarray(log_p1, dtype=np.float64)[:, perm])
+        self._log_q1 = np.ascontiguousarray(np.asarray(log_q1, dtype=np.float64)[:, perm])
+        self._n = int(n)
+        self._wsum = np.array(wsum, dtype=np.float64)[perm]
+        self._wsq = np.array(wsq, dtype=np.float64)[perm]
+        self._wmax = np.array(wmax, dtype=np.float64)[perm]
+        r = np.asarray(r, dtype=np.float64)
+        self._r_up = np.ascontiguousarray(r[:_NF][:, perm])  # prevalence up, every tested concept
+        self._r_dn = np.ascontiguousarray(r[_NF:2 * _NF][:, perm[:ns]])  # prevalence down, supported concepts
+        act = r[2 * _NF:][:, perm[:ns]]  # activation, supported concepts: (direction, shift, concept)
+        self._r_act = np.ascontiguousarray(act).reshape(2, _NK, ns)
+        self._l_up = np.empty_like(self._r_up)  # scratch for the factors of a batch
+        self._l_dn = np.empty_like(self._r_dn)
+        self.tested = np.asarray(tested, dtype=bool)
+        self._n_hyp = int(self.tested.sum())
+        self._factors: dict[int, tuple] = {}
+        self._evidence = None
+        self._rowmax = [blk.max(axis=1) if blk.size else np.zeros(len(blk)) for blk in self._blocks()]
+
+    def _dense_r(self) -> np.ndarray:
+        """R as (hypothesis rows x alternatives, tested concepts) in the order of ``idx``; zeros where untested."""
+        perm, ns = self._perm, self._ns
+        r = np.zeros((2 * _NF + 2 * _NK, self._ct))
+        r[:_NF, perm] = self._r_up
+        r[_NF:2 * _NF, perm[:ns]] = self._r_dn
+        r[2 * _NF:, perm[:ns]] = self._r_act.reshape(2 * _NK, ns)
+        return r
+
+    def _dense(self, internal: np.ndarray) -> np.ndarray:
+        out = np.empty_like(internal)
+        out[..., self._perm] = internal
+        return out
+
+    def _touch(self) -> None:
+        """The state is about to move: fill in the result handed out last (if anyone still holds it) and drop the
+        cached evidence."""
+        live = self._live() if self._live is not None else None
+        if live is not None and live._test is self:
+            live._freeze()
+        self._live = None
+        self._evidence = None
 
     # -- reference ------------------------------------------------------------------------------------------------
     def set_reference(self, reference: WindowStats) -> None:
@@ -103,46 +221,41 @@ class SequentialConceptTest:
         r = reference.concepts
         if r.n_concepts != self.n_concepts:
             raise ValueError(f"reference has {r.n_concepts} concepts, the test {self.n_concepts}")
+        self._touch()
         # every concept can rise (one the reference never saw is the clearest drift there is); falling, and the
         # mean activation, need a reference that saw the concept in at least min_support images
         idx = np.arange(self.n_concepts) if r.n_images else np.zeros(0, dtype=np.int64)
         supported = r.presence[idx] >= cfg.min_support
-        old = (self.idx, self._r) if self.ready else None
-        self.idx = idx
         n_r = max(int(r.n_images), 1)
         x = r.presence[idx].astype(np.float64)
-        self._alpha = x + _PRIOR
-        self._beta = (n_r - x) + _PRIOR
-        rate = self._alpha / (self._alpha + self._beta)
+        alpha = x + _PRIOR
+        beta = (n_r - x) + _PRIOR
+        rate = alpha / (alpha + beta)
         f = np.array(RATE_FACTORS)
         p1 = np.concatenate([np.minimum(rate[None, :] * f[:, None], 0.99), rate[None, :] / f[:, None]])
-        self._log_p1, self._log_q1 = np.log(p1), np.log1p(-p1)
-        self._n = n_r
-        self._wsum = r.weight_sum[idx].astype(np.float64)
-        self._wsq = r.weight_sq_sum[idx].astype(np.float64)
-        self._wmax = r.weight_max[idx].astype(np.float64)
-        rows = 2 * len(RATE_FACTORS) + 2 * len(MEAN_SHIFTS)
-        r_new = np.zeros((rows, len(idx)))
-        if old is not None and len(old[0]):
+        r_new = np.zeros((2 * _NF + 2 * _NK, len(idx)))
+        if self.ready and self._ct:
             # keep the evidence of concepts tested before and after the change
-            common, a, b = np.intersect1d(old[0], idx, return_indices=True)
-            r_new[:, b] = old[1][:, a]
-        self._r = r_new
-        self.tested = np.zeros((4, self.n_concepts), dtype=bool)
+            common, a, b = np.intersect1d(self.idx, idx, return_indices=True)
+            r_new[:, b] = self._dense_r()[:, a]
+        tested = np.zeros((4, self.n_concepts), dtype=bool)
         for h, (kind, direction) in enumerate(HYPOTHESES):
             if kind in self.kinds:
-                self.tested[h, idx] = True if (kind, direction) == ("prevalence", "up") else supported
-        self._on = np.repeat(self.tested[:, idx], [len(RATE_FACTORS)] * 2 + [len(MEAN_SHIFTS)] * 2, axis=0)
+                tested[h, idx] = True if (kind, direction) == ("prevalence", "up") else supported
+        # a detector that is no longer tested restarts from R = 0 (the direct update zeroes it at the next batch)
+        r_new *= np.repeat(tested[:, idx], [_NF, _NF, _NK, _NK], axis=0)
+        self._install(idx, supported, alpha, float(n_r) + 2 * _PRIOR, np.log(p1), np.log1p(-p1), n_r,
+                      r.weight_sum[idx], r.weight_sq_sum[idx], r.weight_max[idx], r_new, tested)
         self.ready = True
 
     @property
     def n_hypotheses(self) -> int:
-        return int(self.tested.sum())
+        return self._n_hyp
 
     @property
     def threshold(self) -> float:
         """Evidence (log R) at which a hypothesis fires: log(H x ERT), less the calibrated overshoot ``spend``."""
-        return math.log(self.config.ert * max(self.n_hypotheses, 1)) - self.spend
+        return math.log(self.config.ert * max(self._n_hyp, 1)) - self.spend
 
     # -- spending the budget ----------------------------------------------------------------------------------------
     def calibrate(self, batch_size: int, *, target: float = CALIBRATION_TARGET, seed: int = 0,
@@ -171,33 +284,32 @@ class SequentialConceptTest:
             state[key] = state[key][:, keep]
         state["tested"] = np.zeros_like(state["tested"])
         state["tested"][:, state["idx"]] = self.tested[:, self.idx[keep]]
+        state["r"] = np.zeros_like(state["r"])
+        state["spend"] = 0.0
         sim.load_state_dict(state)
-        sim.spend = 0.0
-        sim._r[:] = 0.0
-        rate = sim._alpha / (sim._alpha + sim._beta)
-        x = np.maximum(sim._alpha - _PRIOR, 1.0)
-        a = sim._wsum / x  # mean weight when active (a stand-in where the reference never saw the concept)
+        # the simulated stream is drawn in the order of the kept concepts, then handed to the detectors in theirs
+        perm = sim._perm
+        rate = state["alpha"] / (state["alpha"] + state["beta"])
+        x = np.maximum(state["alpha"] - _PRIOR, 1.0)
+        a = state["wsum"] / x  # mean weight when active (a stand-in where the reference never saw the concept)
         a = np.where(a > 0, a, 0.1)
-        b = np.maximum(sim._wsq / x - a * a, 1e-12 * a * a)  # its variance
+        b = np.maximum(state["wsq"] / x - a * a, 1e-12 * a * a)  # its variance
         b = np.where(b > 0, b, a * a)
         shape, scale = a * a / b, b / a
         second = b + a * a
         limit = math.exp(sim.threshold)
-        nf, nk = len(RATE_FACTORS), len(MEAN_SHIFTS)
         alarms, items = 0, 0
         by_kind = [0, 0, 0, 0]
         for _ in range(max_batches):
             presence = rng.binomial(m, rate).astype(np.float64)
             s = np.where(presence > 0, rng.gamma(np.maximum(presence, 1.0) * shape, scale), 0.0)
-            sim._step(m, presence, s, presence * second)
+            sim._step(m, presence[perm], s[perm], (presence * second)[perm])
             items += m
-            r = sim._r
-            tops = (r[:nf].sum(axis=0).max() / nf, r[nf:2 * nf].sum(axis=0).max() / nf,
-                    r[2 * nf:2 * nf + nk].sum(axis=0).max() / nk, r[2 * nf + nk:].sum(axis=0).max() / nk)
+            tops = sim._top_mixtures()
             if max(tops) >= limit:
                 alarms += 1
                 by_kind[int(np.argmax(tops))] += 1
-                sim._r[:] = 0.0
+                sim.reset()
                 if alarms >= min_alarms:
                     break
         ratio = (items / max(alarms, 1)) / ert_sim
@@ -206,125 +318,256 @@ class SequentialConceptTest:
                             "batch_size": m, "concepts": len(keep), "by_hypothesis": by_kind}
         return self.spend
 
+    def _blocks(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """R of the four hypotheses, (alternatives, concepts) each, in ``HYPOTHESES`` order."""
+        return self._r_up, self._r_dn, self._r_act[0], self._r_act[1]
+
+    def _top_mixtures(self) -> tuple[float, ...]:
+        """The largest mixture R (mean over alternatives) of each hypothesis."""
+        return tuple(float(blk.sum(axis=0).max()) / len(blk) if blk.size else 0.0 for blk in self._blocks())
+
     # -- one batch ------------------------------------------------------------------------------------------------
     def update(self, codes: SparseCodes) -> SequentialResult:
         """Fold one committed batch in (every row of ``codes``); returns the evidence after it."""
         if not self.ready:
             raise ValueError("set_reference must be called before update")
-        c = self.n_concepts
         m = len(codes)
-        if m == 0 or not len(self.idx):
+        if m == 0 or not self._ct:
             return self._result()
-        ind = codes.indices
-        presence = np.bincount(ind, minlength=c)[self.idx].astype(np.float64)
-        # activation: clip each weight at the reference maximum, then sums per concept
-        full_max = np.zeros(c)
-        full_max[self.idx] = self._wmax
+        ct = self._ct
+        pos = self._pos[codes.indices]  # internal position of each nonzero's concept
         w = codes.values.astype(np.float64)
-        s = np.bincount(ind, weights=w, minlength=c)[self.idx]
-        sq = np.bincount(ind, weights=w * w, minlength=c)[self.idx]
-        over = w > full_max[ind]
+        if not self._all:
+            keep = pos >= 0
+            pos, w = pos[keep], w[keep]
+        presence = np.bincount(pos, minlength=ct).astype(np.float64)
+        s = np.bincount(pos, weights=w, minlength=ct)
+        sq = np.bincount(pos, weights=w * w, minlength=ct)
+        # the up test sees each weight clipped at the reference maximum (its bound needs a range)
+        cut = self._wmax[pos]
+        over = w > cut
         s_up = s
-        if over.any():  # the up test sees weights clipped at the reference maximum (its bound needs a range)
-            s_up = s - np.bincount(ind[over], weights=w[over] - full_max[ind][over], minlength=c)[self.idx]
+        if over.any():
+            s_up = s - np.bincount(pos[over], weights=w[over] - cut[over], minlength=ct)
         self._step(m, presence, s, sq, s_up)
         return self._result()
 
     def _step(self, m: int, presence: np.ndarray, s: np.ndarray, sq: np.ndarray, s_up: np.ndarray | None = None
               ) -> None:
-        """One batch of ``m`` items given, per tested concept, its presence count, clipped weight sum and sum of
-        squares (trusted inputs)."""
-        absent = m - presence
-        lr_rows = []
-        if "prevalence" in self.kinds:
-            # null: the predictive rate of the Beta posterior before this batch (reference and stream so far)
-            rate = self._alpha / (self._alpha + self._beta)
-            lp, lq = np.log(rate), np.log1p(-rate)
-            lr_rows.append(presence * (self._log_p1 - lp) + absent * (self._log_q1 - lq))
-            self._alpha += presence
-            self._beta += absent
-        else:
-            lr_rows.append(np.full((2 * len(RATE_FACTORS), len(self.idx)), -np.inf))
-        if "activation" in self.kinds:
-            with np.errstate(divide="ignore", invalid="ignore", over="ignore"):  # unsupported concepts: masked below
-                lr_rows.append(self._activation_lr(m, s, s if s_up is None else s_up))
-        else:
-            lr_rows.append(np.full((2 * len(MEAN_SHIFTS), len(self.idx)), -np.inf))
+        """One batch of ``m`` items given, per tested concept in internal order, its presence count, weight sum,
+        sum of squares and weight sum clipped at the reference maximum (trusted inputs).
+
+        Shiryaev-Roberts over batches: R <- (R + m) x LR, i.e. a new candidate change point per item of the batch.
+        R is kept on the linear scale and capped at exp(threshold + 2): the cap sits above the threshold, so it
+        never changes when a detector first crosses it, and it lets a long-firing detector come down soon after
+        the shift ends. The log-LR is capped there too, before exp.
+        """
+        self._touch()
+        cap = self.threshold + _CAP_NATS
+        ecap = math.exp(cap)
+        if self._prev:
+            self._prevalence_step(m, presence, cap, ecap)
+            self._alpha += presence  # the null learns from the batch after testing it
+            self._total += m
+        if self._act and self._ns:
+            self._activation_step(m, s, s if s_up is None else s_up, cap, ecap)
         self._n += m
         self._wsum += s
         self._wsq += sq
-        log_lr = np.where(self._on, np.concatenate(lr_rows), -np.inf)  # untested hypotheses keep R = 0
-        # Shiryaev-Roberts over batches: R <- (R + m) x LR, i.e. a new candidate change point per item of the batch.
-        # R is kept on the linear scale (exp is far cheaper than logaddexp) and capped at exp(threshold + 2): the
-        # cap sits above the threshold, so it never changes when a detector first crosses it, and it lets a
-        # long-firing detector come down soon after the shift ends.
-        cap = self.threshold + _CAP_NATS
-        self._r += m
-        self._r *= np.exp(np.minimum(log_lr, cap))
-        np.minimum(self._r, math.exp(cap), out=self._r)
         self.n_items += m
 
-    def _activation_lr(self, m: int, s: np.ndarray, s_up: np.ndarray) -> np.ndarray:
-        """log of Bennett supermartingale factors for the mean weight, up and down, one row per shift size. The up
-        test sees weights clipped at the reference maximum (``s_up``), which only lowers their mean."""
-        n = self._n
-        mu = self._wsum / n
-        var = np.maximum(self._wsq / n - mu * mu, 1e-300)
+    def _absent_factors(self, m: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Per batch size m: exp(m log(1 - p1)) of every prevalence alternative (up rows over all concepts, down
+        rows over the supported ones), the concepts where one of them is too small to carry full precision, log p1
+        - log(1 - p1) and m log(1 - p1) (for the exact formula), and where each up-activation row goes dead."""
+        got = self._factors.get(m)
+        if got is None:
+            log_k = m * self._log_q1
+            k_up = np.exp(log_k[:_NF])
+            k_dn = np.exp(log_k[_NF:, :self._ns])
+            small = (k_up < _TINY).any(axis=0)
+            small[:self._ns] |= (k_dn < _TINY).any(axis=0)
+            if len(self._factors) >= _FACTOR_CACHE:
+                self._factors.pop(next(iter(self._factors)))
+            got = self._factors[m] = (k_up, k_dn, np.flatnonzero(small), self._log_p1 - self._log_q1, log_k,
+                                      np.array([_dead_from(d, m) for d in MEAN_SHIFTS]))
+        return got
+
+    def _prevalence_step(self, m: int, presence: np.ndarray, cap: float, ecap: float) -> None:
+        """log LR = k log(p1 / p) + (m - k) log((1 - p1) / (1 - p)), p the Beta predictive rate before the batch.
+        For k = 0 the ratio is exp(m log(1 - p1)) x exp(-m log(1 - p)): a cached factor per alternative times one
+        shared by the concept's alternatives, computed for every concept; the concepts of the batch (and the rare
+        ones whose factor could be capped or lose precision) then get the full formula."""
+        ns = self._ns
+        rate = self._alpha / self._total
+        lq = np.log1p(-rate)
+        g = np.exp(-m * lq)  # >= 1; the alternative part is <= 1, so the product only reaches the cap where g does
+        k_up, k_dn, tiny, odds, log_k, _ = self._absent_factors(m)
+        exact = presence > 0
+        if len(tiny):
+            exact[tiny] = True
+        if g.max() > ecap:
+            exact |= g > ecap
+        where = np.flatnonzero(exact)
+        l_up = np.multiply(k_up, g, out=self._l_up)
+        l_dn = np.multiply(k_dn, g[:ns], out=self._l_dn)
+        if len(where):
+            # k log(p1/p) + (m - k) log(q1/q) = k (log(p1/q1) - log(p/q)) + m log q1 - m log q
+            k = presence[where]
+            lqw = lq[where]
+            llr = np.take(odds, where, axis=1)
+            llr *= k
+            llr += np.take(log_k, where, axis=1)
+            llr -= k * (np.log(rate[where]) - lqw) + m * lqw
+            np.clip(llr, _FLOOR_NATS, cap, out=llr)
+            np.exp(llr, out=llr)
+            n_sup = int(np.searchsorted(where, ns))  # supported concepts come first
+            for i in range(_NF):
+                l_up[i, where] = llr[i]
+                l_dn[i, where[:n_sup]] = llr[_NF + i, :n_sup]
+        for h, (r, lr) in enumerate(((self._r_up, l_up), (self._r_dn, l_dn))):
+            r += m
+            r *= lr
+            self._rowmax[h] = self._capped(r, ecap)
+
+    @staticmethod
+    def _capped(r: np.ndarray, ecap: float) -> np.ndarray:
+        """Cap a block of R at exp(cap); returns its row maxima."""
+        top = r.max(axis=1) if r.size else np.zeros(len(r))
+        if top.max(initial=0.0) > ecap:
+            np.minimum(r, ecap, out=r)
+            top = np.minimum(top, ecap)
+        return top
+
+    def _activation_step(self, m: int, s: np.ndarray, s_up: np.ndarray, cap: float, ecap: float) -> None:
+        """log of Bennett supermartingale factors for the mean weight, up and down, one row per shift size:
+        lam (S - m mu) - m var/b^2 (e^{lam b} - 1 - lam b), lam = shift / sd, b the one-sided range. The up test
+        sees weights clipped at the reference maximum (``s_up``), which only lowers their mean."""
+        ns, n = self._ns, self._n
+        mu = self._wsum[:ns] / n
+        var = self._wsq[:ns] / n
+        var -= mu * mu
+        np.maximum(var, 1e-300, out=var)
         sd = np.sqrt(var)
-        out = []
-        for sign, b, dev in ((1.0, np.maximum(self._wmax - mu, 1e-12), s_up - m * mu),
-                             (-1.0, np.maximum(mu, 1e-12), s - m * mu)):
-            for k in MEAN_SHIFTS:
-                lam = k / sd
-                # E exp(lam (X - mu)) <= exp(var/b^2 (e^{lam b} - 1 - lam b)) for X - mu <= b (Bennett)
-                u = np.minimum(lam * b, 700.0)
-                psi = var / (b * b) * np.expm1(u) - var / (b * b) * u
-                out.append(sign * lam * dev - m * psi)
-        return np.stack(out)
+        lam = _SHIFTS / sd  # (shift, concept)
+        dead = self._absent_factors(m)[5]
+        # one-sided ranges: up to the reference maximum, down to zero; deviations signed so that both grow with
+        # evidence against the null
+        sides = ((np.maximum(self._wmax[:ns] - mu, 1e-12), s_up[:ns] - m * mu),
+                 (np.maximum(mu, 1e-12), m * mu - s[:ns]))
+        for d, (b, dev) in enumerate(sides):
+            r = self._r_act[d]
+            a = b / sd  # lam b / shift
+            top = float(a.max())
+            rows = _NK
+            if d == 0:
+                # an up row whose factor is below exp(-800) for every concept whatever the batch holds is set to
+                # R = 0, as the direct update does (it multiplies by exp(-800) = 0.0); from the largest shift down
+                low = float(a.min())
+                while rows and MEAN_SHIFTS[rows - 1] * low >= dead[rows - 1] and MEAN_SHIFTS[rows - 1] * top <= 700.0:
+                    rows -= 1
+                    if self._rowmax[2][rows] != 0.0:
+                        r[rows] = 0.0
+            if not rows:
+                continue
+            lam_r = lam[:rows]
+            v = var / (b * b)
+            if MEAN_SHIFTS[rows - 1] * top * (1.0 + 1e-12) < 700.0 and _DOUBLING:
+                # e^{2x} - 1 = (e^x - 1)(e^x + 1): one expm1 per concept, the larger shifts by doubling; and with
+                # u = lam b unclipped, lam dev - m v (E - u) = lam (dev + m v b) - m v E
+                e = np.empty((rows, ns))
+                np.expm1(lam_r[0] * b, out=e[0])
+                for i in range(1, rows):
+                    np.multiply(e[i - 1], e[i - 1] + 2.0, out=e[i])
+                e *= m * v
+                llr = lam_r * (dev + m * var / b)
+                llr -= e
+            else:
+                u = np.minimum(lam_r * b, 700.0)
+                psi = v * np.expm1(u)
+                psi -= v * u
+                llr = lam_r * dev
+                llr -= m * psi
+            np.clip(llr, _FLOOR_NATS, cap, out=llr)
+            rr = r[:rows]
+            rr += m
+            rr *= np.exp(llr, out=llr)
+            top_rows = self._capped(rr, ecap)
+            self._rowmax[2 + d] = np.concatenate([top_rows, np.zeros(_NK - rows)])
+
+    # -- reading ------------------------------------------------------------------------------------------------
+    @property
+    def evidence(self) -> np.ndarray:
+        """log of each hypothesis's mixture R, floored at 0: (4, n_concepts) in ``HYPOTHESES`` order."""
+        if self._evidence is None:
+            ev = np.zeros((4, self.n_concepts))
+            if self._ct:
+                cols = (self._concepts, self._concepts[:self._ns])
+                on = (self._prev, self._prev, self._act, self._act)
+                with np.errstate(divide="ignore"):
+                    for h, blk in enumerate(self._blocks()):
+                        if on[h] and blk.size:
+                            ev[h, cols[h > 0]] = np.maximum(np.log(blk.sum(axis=0) / len(blk)), 0.0)
+            self._evidence = ev
+        return self._evidence
+
+    def _any_fire(self) -> bool:
+        """Whether some tested hypothesis has evidence >= threshold, without the logs of every concept: a mixture
+        is at most the sum of its rows' maxima over the alternatives, so a block whose row maxima fall short
+        cannot fire."""
+        thr = self.threshold
+        if thr <= 0.0:
+            return bool(self.tested.any())  # evidence is floored at 0
+        bar = math.exp(thr) * (1.0 - _SCREEN_SLACK)
+        on = (self._prev, self._prev, self._act, self._act)
+        for h, blk in enumerate(self._blocks()):
+            if not on[h] or not blk.size or self._rowmax[h].sum() < bar * len(blk):
+                continue
+            mix = blk.sum(axis=0) / len(blk)
+            near = mix[mix >= bar]
+            if len(near) and (np.log(near) >= thr).any():
+                return True
+        return False
 
     def _result(self) -> SequentialResult:
-        nf, nk = len(RATE_FACTORS), len(MEAN_SHIFTS)
-        blocks = (slice(0, nf), slice(nf, 2 * nf), slice(2 * nf, 2 * nf + nk), slice(2 * nf + nk, 2 * nf + 2 * nk))
-        ev = np.zeros((4, self.n_concepts))
-        if len(self.idx):
-            for h, sl in enumerate(blocks):
-                if HYPOTHESES[h][0] not in self.kinds:
-                    continue
-                mix = self._r[sl].sum(axis=0) / (nf if h < 2 else nk)
-                with np.errstate(divide="ignore"):
-                    ev[h, self.idx] = np.maximum(np.log(mix), 0.0)
-        self.evidence = ev
-        thr = self.threshold
-        return SequentialResult(ev, self.tested, self.tested & (ev >= thr), thr, self.n_hypotheses)
+        self._touch()
+        res = SequentialResult(self, self._any_fire())
+        self._live = weakref.ref(res)
+        return res
 
     def reset(self) -> None:
         """Start every detector again at R = 0 (the reference and the null counts are kept)."""
-        self._r[:] = 0.0
-        self.evidence = np.zeros((4, self.n_concepts))
+        self._touch()
+        for blk in (self._r_up, self._r_dn, self._r_act):
+            blk[...] = 0.0
+        self._rowmax = [np.zeros(len(blk)) for blk in self._blocks()]
 
     # -- state ----------------------------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
-        return {"n_concepts": self.n_concepts, "ready": self.ready, "idx": self.idx, "alpha": self._alpha,
-                "beta": self._beta, "log_p1": self._log_p1, "log_q1": self._log_q1, "n": self._n,
-                "wsum": self._wsum, "wsq": self._wsq, "wmax": self._wmax, "r": self._r,
-                "n_items": self.n_items, "tested": self.tested, "on": self._on, "spend": self.spend}
+        """The state in the order of ``idx`` (supported or not), one row per hypothesis x alternative."""
+        alpha = self._dense(self._alpha)
+        on = np.repeat(self.tested[:, self.idx], [_NF, _NF, _NK, _NK], axis=0)
+        return {"n_concepts": self.n_concepts, "ready": self.ready, "idx": self.idx, "alpha": alpha,
+                "beta": self._total - alpha, "log_p1": self._dense(self._log_p1),
+                "log_q1": self._dense(self._log_q1), "n": self._n, "wsum": self._dense(self._wsum),
+                "wsq": self._dense(self._wsq), "wmax": self._dense(self._wmax), "r": self._dense_r(),
+                "n_items": self.n_items, "tested": self.tested, "on": on, "spend": self.spend}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if int(state["n_concepts"]) != self.n_concepts:
             raise ValueError(f"state has {state['n_concepts']} concepts, the test {self.n_concepts}")
+        self._touch()
+        idx = np.array(state["idx"], dtype=np.int64)
+        tested = np.array(state["tested"], dtype=bool)
+        alpha = np.array(state["alpha"], dtype=np.float64)
+        total = alpha + np.array(state["beta"], dtype=np.float64)
+        if len(total) and not np.all(total == total[0]):
+            raise ValueError("state: alpha + beta must be the same for every concept (items seen + 2 x prior)")
+        # the fall and activation rows test the same concepts: those the reference supported
+        supported = (tested[1] | tested[2] | tested[3])[idx] if len(idx) else np.zeros(0, dtype=bool)
+        self._install(idx, supported, alpha, float(total[0]) if len(total) else 0.0, state["log_p1"],
+                      state["log_q1"], int(state["n"]), state["wsum"], state["wsq"], state["wmax"], state["r"],
+                      tested)
         self.ready = bool(state["ready"])
-        self.idx = np.array(state["idx"], dtype=np.int64)
-        self._alpha = np.array(state["alpha"], dtype=np.float64)
-        self._beta = np.array(state["beta"], dtype=np.float64)
-        self._log_p1 = np.array(state["log_p1"], dtype=np.float64)
-        self._log_q1 = np.array(state["log_q1"], dtype=np.float64)
-        self._n = int(state["n"])
-        self._wsum = np.array(state["wsum"], dtype=np.float64)
-        self._wsq = np.array(state["wsq"], dtype=np.float64)
-        self._wmax = np.array(state["wmax"], dtype=np.float64)
-        self._r = np.asarray(state["r"], dtype=np.float64).copy()
         self.n_items = int(state["n_items"])
-        self.tested = np.array(state["tested"], dtype=bool)
         self.spend = float(state["spend"])
-        self._on = np.array(state["on"], dtype=bool)
-        self._result()

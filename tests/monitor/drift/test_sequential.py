@@ -12,7 +12,8 @@ import monitor.drift.sequential as seq_mod
 from monitor.drift import DriftConfig, MonitorConfig, ReferenceConfig, StreamMonitor, WindowConfig
 from monitor.drift.sequential import SequentialConceptTest
 from monitor.drift.stats import WindowStats
-from monitor.synthetic.codes import Shift, concept_profile, synthetic_stream
+from monitor.synthetic.codes import ConceptProfile, Shift, concept_profile, synthetic_stream
+from tests.monitor.drift.helpers import DirectSequential
 
 C = 400
 PROFILE = concept_profile(C, 12, seed=1)
@@ -112,6 +113,103 @@ def test_restart_mid_stream_continues_exactly():
     got += [a for codes, items in batches[115:] for a in again.update(codes, items)]
     assert got == expected and expected
     np.testing.assert_array_equal(again.status().concept_scores, whole.status().concept_scores)
+
+
+def _mixed_stream(n, seed):
+    """A stream that reaches every path of the optimised update: a few very frequent concepts (their absent-batch
+    factors underflow at large batches), strong planted shifts (capped detectors, firing), batch sizes from 1 to
+    700."""
+    rng = np.random.default_rng(seed)
+    prev = PROFILE.prevalence.copy()
+    prev[:4] = [0.45, 0.3, 0.2, 0.1]
+    profile = ConceptProfile(prevalence=prev, scale=PROFILE.scale)
+    shifts = [Shift(5, 3000, "prevalence", 8.0), Shift(9, 3000, "activation", 4.0), Shift(1, 5000, "prevalence", 0.1),
+              Shift(int(np.argsort(prev)[-20]), 4000, "prevalence", 0.01)]
+    parts = [c for c, _ in synthetic_stream(C, n, shifts, seed=seed, mean_l0=12, batch_size=50, profile=profile)]
+    stacked = _stack(parts)
+    out, lo = [], 0
+    while lo < len(stacked):
+        m = int(rng.choice([1, 7, 64, 100, 500, 700]))
+        out.append(stacked.slice(lo, min(lo + m, len(stacked))))
+        lo += m
+    return out
+
+
+def _stack(parts):
+    from monitor.records import SparseCodes
+
+    indptr = [np.zeros(1, dtype=np.int64)]
+    base = 0
+    for p in parts:
+        indptr.append(p.indptr[1:] + base)
+        base += len(p.indices)
+    return SparseCodes(indptr=np.concatenate(indptr), indices=np.concatenate([p.indices for p in parts]),
+                       values=np.concatenate([p.values for p in parts]),
+                       fidelity=np.concatenate([p.fidelity for p in parts]),
+                       l1=np.concatenate([p.l1 for p in parts]), n_concepts=C)
+
+
+@pytest.mark.parametrize("kinds", [("prevalence", "activation"), ("prevalence",), ("activation",)])
+def test_optimised_update_equals_the_direct_update_on_random_streams(kinds):
+    batches = _mixed_stream(9000, seed=21)
+    ref = WindowStats(C)
+    for codes in batches[:8]:
+        ref.update(codes)
+    test = SequentialConceptTest(C, DriftConfig(ert=200.0, kinds=kinds, calibrate=False))
+    test.set_reference(ref)
+    test.spend = 3.0  # a low threshold: detectors fire, and R reaches the cap
+    direct = DirectSequential(test.state_dict(), test.config, C)
+    fired = capped = 0
+    for codes in batches[8:]:
+        res = test.update(codes)
+        direct.update(codes)
+        # R below 1e-280 is the same detector as R = 0 (it vanishes in R + m): compare above that
+        np.testing.assert_allclose(test.state_dict()["r"], direct.r, rtol=1e-9, atol=1e-280)
+        np.testing.assert_allclose(res.evidence, direct.evidence(), rtol=1e-9, atol=1e-12)
+        np.testing.assert_array_equal(res.fire, direct.fire())
+        assert res.any_fire == bool(direct.fire().any())
+        fired += res.any_fire
+        capped += bool((direct.r >= np.exp(direct.threshold + 2.0) * (1 - 1e-12)).any())
+    assert fired > 10 and capped > 0  # the firing and capping paths ran
+    state = test.state_dict()
+    for key in ("alpha", "beta", "wsum", "wsq"):
+        np.testing.assert_allclose(state[key], getattr(direct, key), rtol=1e-12)
+
+
+def test_a_result_kept_across_batches_keeps_its_own_evidence():
+    batches = _batches(3000, [Shift(int(np.argsort(PROFILE.prevalence)[-3]), 2000, "prevalence", 4.0)], seed=8)
+    ref = WindowStats(C)
+    for codes, _ in batches[:10]:
+        ref.update(codes)
+    test = SequentialConceptTest(C, DriftConfig(ert=1000.0, calibrate=False))
+    test.set_reference(ref)
+    direct = DirectSequential(test.state_dict(), test.config, C)
+    kept, expected = [], []
+    for codes, _ in batches[10:]:
+        kept.append(test.update(codes))
+        direct.update(codes)
+        expected.append((direct.evidence(), direct.fire()))
+    assert any(r.any_fire for r in kept)
+    for res, (ev, fire) in zip(kept, expected):
+        np.testing.assert_allclose(res.evidence, ev, rtol=1e-9, atol=1e-12)
+        np.testing.assert_array_equal(res.fire, fire)
+
+
+def test_state_round_trip_continues_exactly():
+    batches = _batches(4000, seed=9)
+    ref = WindowStats(C)
+    for codes, _ in batches[:20]:
+        ref.update(codes)
+    a = SequentialConceptTest(C, DriftConfig(ert=1000.0, calibrate=False))
+    a.set_reference(ref)
+    for codes, _ in batches[20:30]:
+        a.update(codes)
+    b = SequentialConceptTest(C, a.config)
+    b.load_state_dict(a.state_dict())
+    for codes, _ in batches[30:]:
+        np.testing.assert_array_equal(a.update(codes).evidence, b.update(codes).evidence)
+    for key, value in a.state_dict().items():
+        np.testing.assert_array_equal(value, b.state_dict()[key])
 
 
 def test_update_before_a_reference_is_refused():
