@@ -5,12 +5,10 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
-import time
 
 import pytest
 
-from tests.workers.helpers import free_port
+from tests.workers.helpers import redis_server
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -20,34 +18,10 @@ os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 @pytest.fixture(scope="session")
 def redis_url(tmp_path_factory):
     """URL of a throwaway redis-server (Debian package) bound to 127.0.0.1, stopped at the end of the session."""
-    exe = shutil.which("redis-server")
-    if exe is None:
+    if shutil.which("redis-server") is None:
         pytest.skip("redis-server is not installed (Debian package redis-server; scripts/setup.sh installs it)")
-    port = free_port()
-    workdir = tmp_path_factory.mktemp("redis")
-    proc = subprocess.Popen(
-        [exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", str(workdir)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    import redis
-
-    client = redis.Redis(host="127.0.0.1", port=port)
-    deadline = time.monotonic() + 20
-    while True:
-        try:
-            client.ping()
-            break
-        except redis.ConnectionError:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                proc.kill()
-                raise RuntimeError(f"redis-server did not start on port {port}")
-            time.sleep(0.05)
-    client.close()
-    yield f"redis://127.0.0.1:{port}/0"
-    proc.terminate()
-    try:
-        proc.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
+    with redis_server(tmp_path_factory.mktemp("redis")) as (port, _client):
+        yield f"redis://127.0.0.1:{port}/0"
 
 
 @pytest.fixture

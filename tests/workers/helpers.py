@@ -3,8 +3,12 @@ and by tests/workers/conftest.py alike (never imported out of a conftest)."""
 
 from __future__ import annotations
 
+import contextlib
 import io
+import shutil
 import socket
+import subprocess
+import time
 
 import numpy as np
 
@@ -13,6 +17,54 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def start_redis(port: int, workdir, *, password: str | None = None, aof: bool = False) -> subprocess.Popen:
+    """Start a redis-server (Debian package) on 127.0.0.1:``port``. With ``aof`` its data survives a restart
+    (append-only file, fsynced on every write), for tests that restart it."""
+    exe = shutil.which("redis-server") or "redis-server"
+    args = [exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--dir", str(workdir)]
+    args += ["--appendonly", "yes", "--appendfsync", "always"] if aof else ["--appendonly", "no"]
+    if password:
+        args += ["--requirepass", password]
+    return subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def wait_for_redis(port: int, *, password: str | None = None, proc: subprocess.Popen | None = None):
+    """A client of the redis-server on ``port`` once it answers PING (20 s at most, or until ``proc`` exits)."""
+    import redis
+
+    client = redis.Redis(host="127.0.0.1", port=port, password=password)
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            client.ping()
+            return client
+        except redis.ConnectionError:
+            if (proc is not None and proc.poll() is not None) or time.monotonic() > deadline:
+                raise RuntimeError(f"redis-server did not start on port {port}") from None
+            time.sleep(0.05)
+
+
+@contextlib.contextmanager
+def redis_server(workdir, *, password: str | None = None):
+    """A throwaway redis-server on a free loopback port, persisting nothing; yields ``(port, client)`` and stops
+    it on exit."""
+    port = free_port()
+    proc = start_redis(port, workdir, password=password)
+    try:
+        client = wait_for_redis(port, password=password, proc=proc)
+        try:
+            yield port, client
+        finally:
+            client.close()
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)
 
 
 def jpeg_bytes(seed: int, size: tuple[int, int] = (48, 40), mode: str = "RGB", fmt: str = "JPEG") -> bytes:
@@ -67,37 +119,3 @@ def drain(source, size=3):
             return out
         source.ack(batch)
         out.append(batch)
-
-
-def redis_server_with_aof(port: int, workdir):
-    """A redis-server on loopback whose data survives a restart (append-only file, fsynced on every write), for
-    tests that restart it; skips the test when redis-server is not installed."""
-    import shutil
-    import subprocess
-
-    import pytest
-
-    exe = shutil.which("redis-server")
-    if exe is None:
-        pytest.skip("redis-server is not installed")
-    return subprocess.Popen([exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "yes",
-                             "--appendfsync", "always", "--dir", str(workdir)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-
-
-def wait_for_redis(port: int):
-    """A client of the redis-server on ``port`` once it answers (20 s at most)."""
-    import time
-
-    import redis
-
-    client = redis.Redis(host="127.0.0.1", port=port)
-    deadline = time.monotonic() + 20
-    while True:
-        try:
-            client.ping()
-            return client
-        except redis.ConnectionError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.05)

@@ -112,10 +112,10 @@ def test_a_redis_server_restart_mid_run_loses_and_repeats_nothing(ray_local, tex
     reads and acknowledgements are retried until it is back, and every entry is counted once."""
     import threading
 
-    from tests.workers.helpers import free_port, redis_server_with_aof, wait_for_redis
+    from tests.workers.helpers import free_port, start_redis, wait_for_redis
 
     port = free_port()
-    procs = [redis_server_with_aof(port, tmp_path)]
+    procs = [start_redis(port, tmp_path, aof=True)]
     try:
         client = wait_for_redis(port)
         add_captions(client, "caps", 300)
@@ -127,7 +127,7 @@ def test_a_redis_server_restart_mid_run_loses_and_repeats_nothing(ray_local, tex
 
                 def start():
                     time.sleep(1.5)
-                    procs.append(redis_server_with_aof(port, tmp_path))
+                    procs.append(start_redis(port, tmp_path, aof=True))
 
                 threading.Thread(target=start).start()
 

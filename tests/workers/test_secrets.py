@@ -4,44 +4,22 @@ real run through local Ray with the password in the source and sink URIs, then a
 from __future__ import annotations
 
 import shutil
-import subprocess
-import time
 
 import pytest
 
 from monitor.cli.main import main as cli_main
-from tests.workers.helpers import add_captions, free_port
+from tests.workers.helpers import add_captions, redis_server
 
 PASSWORD = "S3cretPW-do-not-log"
 
 
 @pytest.fixture
 def secured_redis(tmp_path):
-    """A throwaway redis-server on loopback that refuses clients without PASSWORD; yields its port."""
-    exe = shutil.which("redis-server")
-    if exe is None:
+    """A throwaway redis-server on loopback that refuses clients without PASSWORD; yields ``(port, client)``."""
+    if shutil.which("redis-server") is None:
         pytest.skip("redis-server is not installed (Debian package redis-server)")
-    import redis
-
-    port = free_port()
-    proc = subprocess.Popen([exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-                             "--dir", str(tmp_path), "--requirepass", PASSWORD],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    client = redis.Redis(host="127.0.0.1", port=port, password=PASSWORD)
-    deadline = time.monotonic() + 20
-    while True:
-        try:
-            client.ping()
-            break
-        except redis.ConnectionError:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                proc.kill()
-                raise RuntimeError(f"redis-server did not start on port {port}")
-            time.sleep(0.05)
-    yield port, client
-    client.close()
-    proc.terminate()
-    proc.wait(timeout=10)
+    with redis_server(tmp_path, password=PASSWORD) as server:
+        yield server
 
 
 def test_password_comes_from_the_environment_when_the_uri_has_none(secured_redis, monkeypatch):

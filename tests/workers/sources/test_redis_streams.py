@@ -8,7 +8,7 @@ import time
 import pytest
 
 from monitor.errors import ConfigError
-from tests.workers.helpers import drain, jpeg_bytes, redis_server_with_aof, wait_for_redis
+from tests.workers.helpers import drain, jpeg_bytes, start_redis, wait_for_redis
 from workers.sources import RedisSource, open_source
 
 
@@ -83,7 +83,7 @@ def test_a_redis_restart_mid_stream_is_ridden_out_and_every_entry_comes_once(tmp
     from tests.workers.helpers import free_port
 
     port = free_port()
-    server = redis_server_with_aof(port, tmp_path)
+    server = start_redis(port, tmp_path, aof=True)
     procs = [server]
     try:
         client = wait_for_redis(port)
@@ -97,7 +97,7 @@ def test_a_redis_restart_mid_stream_is_ridden_out_and_every_entry_comes_once(tmp
 
         def restart():
             time.sleep(1.0)
-            procs.append(redis_server_with_aof(port, tmp_path))
+            procs.append(start_redis(port, tmp_path, aof=True))
 
         threading.Thread(target=restart).start()
         src.ack(second)  # retried until the server is back
@@ -116,7 +116,7 @@ def test_a_redis_server_that_stays_down_is_one_clear_error(tmp_path):
     from tests.workers.helpers import free_port
 
     port = free_port()
-    server = redis_server_with_aof(port, tmp_path)
+    server = start_redis(port, tmp_path, aof=True)
     try:
         client = wait_for_redis(port)
         client.xadd("s", {"text": "c"})
