@@ -335,13 +335,13 @@ def _captions(args) -> dict[str, Any]:
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def _throughput(args) -> float:
-    """Items/s of ``StreamMonitor.update`` on one core after the reference (BLAS/OpenMP pools held to one thread)."""
+def _throughput(args, batch: int = 500) -> float:
+    """Items/s of ``StreamMonitor.update`` on one core after the reference (BLAS/OpenMP pools held to one thread),
+    in batches of ``batch`` items."""
     from threadpoolctl import threadpool_limits
 
     from monitor.drift import StreamMonitor
 
-    batch = 500
     batches = list(_synthetic_batches(argparse.Namespace(**{**vars(args), "batch": batch}),
                                       args.reference + args.throughput_images, seed=77))
     mon = StreamMonitor(_names(args.concepts), _config(args), stream="tp")
@@ -376,6 +376,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     }
     out["throughput_images_per_s"] = round(_throughput(args), 1)
     out["throughput_threads"] = 1
+    # the cost of one update at the pipeline's default batch (64) and at the test batch, one core
+    out["update_ms_by_batch"] = {str(b): round(b / _throughput(args, b) * 1e3, 3) for b in sorted({64, args.batch})}
 
     nulls = [_synthetic_null(args, s) for s in range(args.seeds)]
     out["null"] = _null_summary(args.seeds * args.null_items, [o for r in nulls for o in r["offsets"]], args.ert)

@@ -19,6 +19,7 @@ def test_bench_drift_prints_one_json_object_with_the_documented_keys(capsys):
         assert key in out
     null = out["null"]
     assert null["items"] == 8000 and null["calibration"]["alarms"] > 0 and out["throughput_images_per_s"] > 0
+    assert set(out["update_ms_by_batch"]) == {"64", "100"} and min(out["update_ms_by_batch"].values()) > 0
     assert null["false_alarms"] == 0 or null["run_length_items"] == 8000 / null["false_alarms"]
     assert {(s["kind"], s["size"]) for s in out["scenarios"]} >= {("prevalence", 3.0), ("activation", 3.0)}
     strong = next(s for s in out["scenarios"] if (s["kind"], s["size"]) == ("prevalence", 5.0))
