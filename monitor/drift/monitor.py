@@ -27,7 +27,7 @@ from typing import Any, Callable
 import numpy as np
 
 from monitor.drift import state as _state
-from monitor.drift.detectors import AlarmBook, DriftConfig, StepResult, js_divergence
+from monitor.drift.detectors import HYPOTHESES, AlarmBook, DriftConfig, StepResult, js_divergence
 from monitor.drift.sequential import SequentialConceptTest
 from monitor.errors import ConfigError
 from monitor.records import Alarm, ItemMeta, SparseCodes, WindowSummary
@@ -110,6 +110,27 @@ class StreamStatus:
     stream_score: float  # Jensen-Shannon divergence (bits) between reference and current concept mass
     active_alarms: list[Alarm]
     n_alarms_fired: int
+
+
+# When nothing fires, the alarm book reads evidence only at its active alarms: build just those entries (tests turn
+# this off to check that the alarms are the same).
+_ACTIVE_ONLY = True
+
+
+class _ActiveOnly:
+    """A sequential result for a batch where nothing fired: evidence filled in at the active alarms only, the one
+    place the alarm book reads it then (the full (4, concepts) logs cost more than the rest of the step)."""
+
+    __slots__ = ("evidence", "tested", "fire", "threshold", "n_hypotheses")
+
+    def __init__(self, res, test: SequentialConceptTest, active: list[Alarm]) -> None:
+        self.tested, self.threshold, self.n_hypotheses = res.tested, res.threshold, res.n_hypotheses
+        self.fire = np.zeros(res.tested.shape, dtype=bool)
+        self.evidence = np.zeros(res.tested.shape)
+        keys = [(HYPOTHESES.index((a.kind, a.direction)), a.concept_index) for a in active if a.concept_index >= 0]
+        if keys:
+            h, j = np.array(keys).T
+            self.evidence[h, j] = test.evidence_at(h, j)
 
 
 def _step_result(seq, ref: ConceptMoments, cur: ConceptMoments, cfg: DriftConfig, stream_score: float) -> StepResult:
@@ -261,6 +282,8 @@ class StreamMonitor:
         self.steps += 1
         if not seq.any_fire and not self.book.n_active and self.config.drift.stream_threshold is None:
             return []  # nothing can fire or resolve: skip assembling what an alarm would report
+        if _ACTIVE_ONLY and not seq.any_fire and self.config.drift.stream_threshold is None:
+            seq = _ActiveOnly(seq, self.seq, self.book.active)
         ref_stats, ref_start, ref_end = self.reference.get(self.ring, self.config.window.view)
         res = _step_result(seq, ref_stats.concepts, self._recent(), self.config.drift, self._stream_score)
         lo, hi = float(ts.min()), float(ts.max())

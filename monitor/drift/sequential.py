@@ -511,6 +511,22 @@ class SequentialConceptTest:
             self._evidence = ev
         return self._evidence
 
+    def evidence_at(self, h: np.ndarray, j: np.ndarray) -> np.ndarray:
+        """``evidence[h, j]`` of a few entries without computing the others (the same arithmetic)."""
+        if self._evidence is not None:
+            return self._evidence[h, j]
+        out = np.zeros(len(h))
+        on = (self._prev, self._prev, self._act, self._act)
+        blocks = self._blocks()
+        for i, (hh, jj) in enumerate(zip(np.asarray(h).tolist(), np.asarray(j).tolist())):
+            p = int(self._pos[jj])
+            if p < 0 or not on[hh] or (hh > 0 and p >= self._ns):
+                continue
+            blk = blocks[hh]
+            with np.errstate(divide="ignore"):
+                out[i] = np.maximum(np.log(blk[:, [p]].sum(axis=0) / len(blk)), 0.0)[0]
+        return out
+
     def _any_fire(self) -> bool:
         """Whether some tested hypothesis has evidence >= threshold, without the logs of every concept: a mixture
         is at most the sum of its rows' maxima over the alternatives, so a block whose row maxima fall short

@@ -212,6 +212,24 @@ def test_state_round_trip_continues_exactly():
         np.testing.assert_array_equal(value, b.state_dict()[key])
 
 
+def test_alarms_are_the_same_when_quiet_batches_read_only_the_active_evidence(monkeypatch):
+    import monitor.drift.monitor as monitor_mod
+
+    js = np.argsort(PROFILE.prevalence)[-6:]
+    shifts = [Shift(int(js[0]), 11_000, "prevalence", 4.0), Shift(int(js[1]), 11_500, "prevalence", 0.2),
+              Shift(int(js[2]), 12_000, "activation", 4.0)]
+    batches = _batches(16_000, shifts, seed=13)
+    cfg = MonitorConfig(window=WindowConfig(size=1000), reference=ReferenceConfig(n_images=10_000),
+                        drift=DriftConfig(ert=2_000, clear_steps=1))
+    runs = []
+    for narrow in (True, False):
+        monkeypatch.setattr(monitor_mod, "_ACTIVE_ONLY", narrow)
+        mon = StreamMonitor([f"c{k}" for k in range(C)], cfg)
+        runs.append([a for codes, items in batches for a in mon.update(codes, items)])
+    assert runs[0] == runs[1]
+    assert {a.state for a in runs[0]} == {"firing", "resolved"}
+
+
 def test_update_before_a_reference_is_refused():
     with pytest.raises(ValueError, match="set_reference must be called before update"):
         SequentialConceptTest(C).update(_batches(100)[0][0])
