@@ -63,6 +63,11 @@ class Settings(BaseModel):
                                   "source", _RB)
     kind: Optional[Literal["image", "text"]] = _knob(None, "payload kind when the source cannot tell", "source", _RB)
     stream: Optional[str] = _knob(None, "stream name for items the source does not name", "source", _RB)
+    timestamp_column: Optional[str] = _knob(None, "Parquet/Arrow column of event times (default: a timestamp-typed "
+                                            "column, else timestamp/ts/event_time/time/...; 'none': processing "
+                                            "time)", "source", _RB)
+    stream_column: Optional[str] = _knob(None, "Parquet/Arrow column naming each item's stream (default: "
+                                         "stream/camera/camera_id if present; 'none': one stream)", "source", _RB)
     # model and decomposition
     model: str = _knob("minilm", "encoder: 'minilm' (captions) or an open_clip architecture such as ViT-B-32",
                        "model and decomposition", _RB)
@@ -307,11 +312,30 @@ class Resolved:
                           reference_history=self.history_reference(), pushgateway=s.pushgateway)
         if self.command in ("run", "demo"):
             values.update(metrics_port=None if s.metrics_port < 0 else s.metrics_port, metrics_host=s.metrics_host)
+        if self.command in ("run", "backfill") and values.get("source"):
+            values["source"] = _with_source_options(values["source"], timestamp_column=s.timestamp_column,
+                                                    stream_column=s.stream_column)
         values.update(fixed)
         if not values.get("source"):
             raise ConfigError(f"{self.command} needs a source: --source URI, 'source:' in the --config file, or "
                               f"{env_name('source')}")
         return PipelineConfig(**values)
+
+
+def _with_source_options(source: str, **options: str | None) -> str:
+    """``source`` with the given query options added (the URI's own value wins where both say); a source kind that
+    has no such option refuses it by name when it is opened."""
+    extra = {k: v for k, v in options.items() if v}
+    if not extra:
+        return source
+    from urllib.parse import parse_qs, urlencode
+
+    base, _, query = source.partition("?")
+    have = parse_qs(query, keep_blank_values=True)
+    extra = {k: v for k, v in extra.items() if k not in have}
+    if not extra:
+        return source
+    return f"{base}?{query + '&' if query else ''}{urlencode(extra)}"
 
 
 def resolve(command: str, args: argparse.Namespace | None = None, *, environ: dict[str, str] | None = None

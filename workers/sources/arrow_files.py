@@ -16,6 +16,52 @@ from workers.sources.timestamps import EpochSeconds, timestamp_error
 
 __all__ = ["ParquetSource"]
 
+# Columns taken without being named, so a user's own file is read by event time and per camera by default. An
+# explicit option wins; "none" turns detection off (processing time, one stream).
+_TIME_NAMES = ("timestamp", "ts", "event_time", "time", "datetime", "created_at")
+_STREAM_NAMES = ("stream", "camera", "camera_id")
+
+
+def _is_time(field) -> bool:
+    import pyarrow as pa
+
+    t = field.type
+    return pa.types.is_timestamp(t) or pa.types.is_date(t) or pa.types.is_integer(t) or pa.types.is_floating(t) \
+        or pa.types.is_string(t) or pa.types.is_large_string(t)
+
+
+def _is_label(field) -> bool:
+    import pyarrow as pa
+
+    t = field.type
+    return pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_integer(t) \
+        or pa.types.is_dictionary(t)
+
+
+def _pick_column(option: str, given: str, schema, names: tuple[str, ...], fits) -> str:
+    """The column an option names; when none is named, a timestamp-typed column (for the time) or the first of
+    ``names`` present with a fitting type, announced on stderr; "none" means no such column."""
+    import sys
+
+    import pyarrow as pa
+
+    if given.lower() == "none":
+        return ""
+    if given:
+        return given
+    picked = ""
+    if option == "timestamp_column":
+        typed = [f.name for f in schema if pa.types.is_timestamp(f.type)]
+        if len(typed) == 1:
+            picked = typed[0]
+    if not picked:
+        lower = {f.name.lower(): f for f in schema}
+        picked = next((lower[n].name for n in names if n in lower and fits(lower[n])), "")
+    if picked:
+        print(f"parquet source: using column {picked!r} as {option} (pass {option}=NAME or {option}=none to "
+              f"change)", file=sys.stderr, flush=True)
+    return picked
+
 class ParquetSource(Source):
     """Rows of one Parquet or Arrow IPC file (or every such file in a directory, in name order).
 
@@ -69,6 +115,8 @@ class ParquetSource(Source):
         self.kind = kind or ("text" if text_column else "image")
         if self.kind not in ("image", "text"):
             raise ConfigError(f"parquet source option kind must be 'image' or 'text', got {kind!r}")
+        timestamp_column = _pick_column("timestamp_column", timestamp_column, schema, _TIME_NAMES, _is_time)
+        stream_column = _pick_column("stream_column", stream_column, schema, _STREAM_NAMES, _is_label)
         self.timestamp_column = timestamp_column
         self.id_column = id_column
         self.stream_column = stream_column

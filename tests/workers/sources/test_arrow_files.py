@@ -104,3 +104,43 @@ def test_arrow_timestamps_beyond_python_datetime_are_one_bad_row_not_a_crash(tmp
     assert [it.error is None for it in items] == [True, False, True]
     assert items[1].error[0] == "bad_timestamp"
     assert [items[0].meta.timestamp, items[2].meta.timestamp] == [1_700_000_000.0, 1_700_000_002.0]
+
+
+def test_a_plain_parquet_with_a_timestamp_column_is_read_by_event_time_and_says_so(tmp_path, capsys):
+    """A user's own file: `timestamp` (Arrow timestamp) and `camera` columns, no options in the path."""
+    path = tmp_path / "mine.parquet"
+    pq.write_table(pa.table({
+        "text": ["a cat on a sofa", "snow on a road", "a red bus"],
+        "timestamp": pa.array([1_700_000_000_000, 1_700_000_060_000, 1_700_000_120_000], pa.timestamp("ms")),
+        "camera": ["cam-7", "cam-7", "cam-2"],
+    }), path)
+    items = [it for b in drain(open_source(str(path))) for it in b.items]
+    assert [it.meta.timestamp for it in items] == [1_700_000_000.0, 1_700_000_060.0, 1_700_000_120.0]
+    assert [it.meta.stream for it in items] == ["cam-7", "cam-7", "cam-2"]
+    err = capsys.readouterr().err
+    assert "using column 'timestamp' as timestamp_column" in err and "using column 'camera' as stream_column" in err
+
+
+def test_a_numeric_ts_column_is_taken_by_name_and_none_turns_detection_off(tmp_path, capsys):
+    path = tmp_path / "mine.parquet"
+    pq.write_table(pa.table({"text": ["one", "two"], "ts": [1_700_000_000.5, 1_700_000_001.5]}), path)
+    items = [it for b in drain(open_source(str(path))) for it in b.items]
+    assert [it.meta.timestamp for it in items] == [1_700_000_000.5, 1_700_000_001.5]
+    assert "using column 'ts' as timestamp_column" in capsys.readouterr().err
+    before = __import__("time").time()
+    items = [it for b in drain(open_source(f"{path}?timestamp_column=none")) for it in b.items]
+    assert all(it.meta.timestamp >= before - 1 for it in items), "timestamp_column=none means processing time"
+    assert "using column" not in capsys.readouterr().err
+
+
+def test_run_flags_name_the_columns_in_the_source_uri():
+    from workers.cli.settings import _with_source_options
+
+    assert _with_source_options("data.parquet", timestamp_column="when", stream_column=None) == \
+        "data.parquet?timestamp_column=when"
+    assert _with_source_options("parquet:///d.parquet?text_column=t", timestamp_column="when",
+                                stream_column="cam") == "parquet:///d.parquet?text_column=t&timestamp_column=when" \
+                                                        "&stream_column=cam"
+    # the URI's own option wins over the flag
+    assert _with_source_options("d.parquet?timestamp_column=ts", timestamp_column="when", stream_column=None) == \
+        "d.parquet?timestamp_column=ts"
