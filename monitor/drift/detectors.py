@@ -286,21 +286,29 @@ class ConceptDriftTest:
         thr = self.threshold(n_h)
         if "prevalence" in cfg.kinds and len(idx):
             self._refine_prevalence(evidence, r.presence, n_r, c.presence, n_c, max(1.0, thr - _chernoff_slack(n_c)))
-        ref_prev, cur_prev = r.presence / n_r, c.presence / n_c
-        ref_mean, cur_mean = r.weight_sum / n_r, c.weight_sum / n_c
-        n = n_r + n_c
-        mu = (r.weight_sum + c.weight_sum) / n
-        pooled_sd = np.sqrt(np.maximum((r.weight_sq_sum + c.weight_sq_sum) / n - mu * mu, 0.0))
-        # min_count only suppresses alarms, so it cannot add false ones
-        up_ok = c.presence >= cfg.min_count
-        down_ok = ref_prev * n_c >= cfg.min_count
-        # a practical-significance floor for prevalence only: large windows make tiny moves "significant"
-        big = np.abs(cur_prev - ref_prev) >= cfg.min_prevalence_change
-        ok = np.stack([up_ok & big, down_ok & big, up_ok, down_ok])
+        ref_prev, cur_prev, ref_mean, cur_mean, pooled_sd, ok = report_and_gates(r, c, cfg)
         fire = tested & ok & (evidence >= thr)
         score = js_divergence(r.weight_sum, c.weight_sum)
         return StepResult(evidence, tested, fire, thr, n_h, ref_prev, cur_prev, ref_mean, cur_mean, pooled_sd,
                           score, n_r, n_c)
+
+
+def report_and_gates(ref, cur, cfg: DriftConfig):
+    """What an alarm reports about reference ``ref`` and current ``cur`` (ConceptMoments with images), and the
+    gates that may only suppress an alarm, per hypothesis row of HYPOTHESES: returns (reference prevalence, current
+    prevalence, reference mean, current mean, pooled sd, ok of shape (4, concepts))."""
+    n_r, n_c = max(ref.n_images, 1), max(cur.n_images, 1)
+    ref_prev, cur_prev = ref.presence / n_r, cur.presence / n_c
+    ref_mean, cur_mean = ref.weight_sum / n_r, cur.weight_sum / n_c
+    n = n_r + n_c
+    mu = (ref.weight_sum + cur.weight_sum) / n
+    pooled_sd = np.sqrt(np.maximum((ref.weight_sq_sum + cur.weight_sq_sum) / n - mu * mu, 0.0))
+    # min_count only suppresses alarms, so it cannot add false ones
+    up_ok = cur.presence >= cfg.min_count
+    down_ok = ref_prev * n_c >= cfg.min_count
+    # a practical-significance floor for prevalence only: large windows make tiny moves "significant"
+    big = np.abs(cur_prev - ref_prev) >= cfg.min_prevalence_change
+    return ref_prev, cur_prev, ref_mean, cur_mean, pooled_sd, np.stack([up_ok & big, down_ok & big, up_ok, down_ok])
 
 
 @dataclass

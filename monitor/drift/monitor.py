@@ -27,7 +27,8 @@ from typing import Any, Callable
 import numpy as np
 
 from monitor.drift import state as _state
-from monitor.drift.detectors import HYPOTHESES, AlarmBook, DriftConfig, StepResult, js_divergence
+from monitor.drift.detectors import (HYPOTHESES, AlarmBook, DriftConfig, StepResult, js_divergence,
+                                     report_and_gates)
 from monitor.drift.sequential import SequentialConceptTest
 from monitor.errors import ConfigError
 from monitor.records import Alarm, ItemMeta, SparseCodes, WindowSummary
@@ -136,16 +137,7 @@ class _ActiveOnly:
 def _step_result(seq, ref: ConceptMoments, cur: ConceptMoments, cfg: DriftConfig, stream_score: float) -> StepResult:
     """The sequential evidence plus what an alarm reports (reference vs recent prevalence and mean) and the gates
     that only suppress alarms: ``min_count`` and the ``min_prevalence_change`` floor."""
-    n_r, n_c = max(ref.n_images, 1), max(cur.n_images, 1)
-    ref_prev, cur_prev = ref.presence / n_r, cur.presence / n_c
-    ref_mean, cur_mean = ref.weight_sum / n_r, cur.weight_sum / n_c
-    n = n_r + n_c
-    mu = (ref.weight_sum + cur.weight_sum) / n
-    pooled_sd = np.sqrt(np.maximum((ref.weight_sq_sum + cur.weight_sq_sum) / n - mu * mu, 0.0))
-    up_ok = cur.presence >= cfg.min_count
-    down_ok = ref_prev * n_c >= cfg.min_count
-    big = np.abs(cur_prev - ref_prev) >= cfg.min_prevalence_change
-    ok = np.stack([up_ok & big, down_ok & big, up_ok, down_ok])
+    ref_prev, cur_prev, ref_mean, cur_mean, pooled_sd, ok = report_and_gates(ref, cur, cfg)
     return StepResult(seq.evidence, seq.tested, seq.fire & ok, seq.threshold, seq.n_hypotheses, ref_prev, cur_prev,
                       ref_mean, cur_mean, pooled_sd, stream_score, ref.n_images, cur.n_images)
 
