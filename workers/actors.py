@@ -40,6 +40,7 @@ class WorkerHost:
             "concept_space": self.worker.concept_space,
             "dim": int(self.worker.encoder.dim),
             "encoder": str(getattr(self.worker.encoder, "id", "")),
+            "mean": str(getattr(self.worker.decomposer, "mean_source", None) or ""),
             "device": str(self.config.device or "cpu"),
             "started": self.started,
         }

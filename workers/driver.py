@@ -229,7 +229,7 @@ class Pipeline:
         self.on_started({
             "workers": len(self.workers), "gpus_per_worker": self.gpus, "metrics_address": self.metrics_address,
             "concept_space": info["concept_space"], "n_concepts": len(info["concept_names"]),
-            "encoder": info["encoder"], "resumed_from": None if not resumed else resumed.get("source"),
+            "encoder": info["encoder"], "mean": info.get("mean", ""), "resumed_from": None if not resumed else resumed.get("source"),
             "resumed_done": bool(resumed and resumed.get("done")),
             "resumed_items": 0 if not resumed else
             int(resumed.get("images", 0)) + sum((resumed.get("dead_letters") or {}).values())})

@@ -52,6 +52,12 @@ class Console:
             print(f"running: {info['workers']} worker(s), {info['gpus_per_worker']:g} GPU each, encoder "
                   f"{info['encoder']}, {info['n_concepts']:,} concepts{where} "
                   f"({time.perf_counter() - self.t0:.0f} s after start)", file=sys.stderr, flush=True)
+            mean = info.get("mean") or ""
+            if mean.startswith("SpLiCE's published"):
+                # the embeddings are centred with a mean measured on someone else's images: say so, and how to
+                # use one measured on this camera's frames instead
+                print(f"mean: {mean}; `splice-monitor calibrate` measures one on your own images (pass it with "
+                      f"--mean)", file=sys.stderr, flush=True)
 
     def alarm(self, alarm) -> None:
         if not self.json:  # with --json the alarms are part of the summary object

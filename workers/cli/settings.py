@@ -79,8 +79,9 @@ class Settings(BaseModel):
                                     "model and decomposition", _RB)
     mean: Optional[str] = _knob(None, "modality mean (.npy from `splice-monitor calibrate`, or 'vocab') used to "
                                 "center embeddings", "model and decomposition",
-                                shown="captions: the vocabulary's text mean, images: none (both warn); demo: "
-                                      "calibrated on the reference captions")
+                                shown="captions: the vocabulary's text mean (warns); images: SpLiCE's published "
+                                      "mean for the model's weights when there is one (announced at start-up), "
+                                      "else none (warns); demo: calibrated on the reference captions")
     l1: float = _knob(0.25, "l1 penalty of the decomposition", "model and decomposition", ge=0)
     target_l0: Optional[float] = _knob(None, "pick the penalty to reach this many concepts",
                                        "model and decomposition", _RB, gt=0)

@@ -94,3 +94,29 @@ def test_an_unknown_model_fails_before_ray_starts_naming_close_matches(capsys):
     assert err[-1].startswith("splice-monitor run: model: unknown model 'ViT-B-23'; did you mean") and \
         "ViT-B-32" in err[-1]
     assert not any("starting Ray" in line for line in err)
+
+
+def test_the_start_up_line_says_when_the_published_image_mean_centres_the_embeddings(capsys):
+    from workers.cli.output import Console
+
+    console = Console("run", quiet=False, json_output=False, log_level="warning")
+    info = {"workers": 1, "gpus_per_worker": 0.0, "encoder": "open_clip:ViT-B-32:openai", "n_concepts": 10_000,
+            "metrics_address": None,
+            "mean": "SpLiCE's published image mean for ViT-B-32 openai (clip_ViT-B-32_openai.npy)"}
+    console.started(info)
+    err = capsys.readouterr().err
+    assert "mean: SpLiCE's published image mean for ViT-B-32 openai" in err
+    assert "splice-monitor calibrate" in err and "--mean" in err
+
+    # a calibrated (or given) mean is the user's own choice: nothing more to say
+    console.started({**info, "mean": "/data/cam7-mean.npy"})
+    assert "mean:" not in capsys.readouterr().err
+
+
+def test_a_worker_reports_which_mean_it_centres_with(tmp_path):
+    from workers.actors import WorkerHost
+    from workers.core import WorkerConfig
+
+    host = WorkerHost(WorkerConfig(model="null:32", vocab=["cat", "dog", "snow", "car"], mean="vocab",
+                                  cache_dir=str(tmp_path)))
+    assert host.info()["mean"] == host.worker.decomposer.mean_source == "vocabulary text mean"
