@@ -3,9 +3,10 @@ kind and direction, combined across concepts so that the expected number of item
 is at least the ERT the user set. The derivation, its assumptions and where they fail are in docs/drift.md (§4).
 
 Per concept j and hypothesis h the detector keeps R = sum over candidate change points s of the likelihood ratio of
-the items since s (alternative: the rate or mean moved by a factor from a small grid; null: the reference's rate or
-mean). Under no drift R_n minus the number of items seen is a (super)martingale, so the first time any tested
-hypothesis has R >= H x ERT comes after at least ERT items on average (H = the number tested).
+the items since s (null: the concept's predictive rate, or mean, learned from the reference and the stream before the
+batch; alternative: that rate or mean moved by a factor from a small grid, so the alternative follows the null). Under
+no drift R_n minus the number of items seen is a (super)martingale, so the first time any tested hypothesis has
+R >= H x ERT comes after at least ERT items on average (H = the number tested).
 
 >>> import numpy as np
 >>> from monitor.drift.stats import WindowStats
@@ -33,12 +34,17 @@ from monitor.drift.detectors import HYPOTHESES, DriftConfig
 from monitor.drift.stats import WindowStats
 from monitor.records import SparseCodes
 
-__all__ = ["RATE_FACTORS", "MEAN_SHIFTS", "SequentialResult", "SequentialConceptTest"]
+__all__ = ["RATE_FACTORS", "FALL_FACTORS", "MEAN_SHIFTS", "SequentialResult", "SequentialConceptTest"]
 
-# Alternatives mixed with equal weights: a prevalence that moved up (down) by one of these factors, and a mean
-# activation that moved by one of these multiples of its null standard deviation. A mixture costs log(len) nats of
+# Alternatives mixed with equal weights. Prevalence: the alternative follows the null's predictive rate p (learned
+# from the reference and the stream before the batch): an item lacks the concept with probability (1 - p)^e, so the
+# alternative rate is 1 - (1 - p)^e, about e x p for a rare concept and never above 1. Rises use e in RATE_FACTORS,
+# falls e in FALL_FACTORS. The fast update takes the absent-item factors (1 - p)^(m (e - 1)) of all eight from two
+# exps by squaring, so these exact grids are what it is written for (a test checks it against the direct update).
+# Mean activation: a mean moved by one of MEAN_SHIFTS standard deviations. A mixture costs log(len) nats of
 # threshold and adapts to the size of the shift.
 RATE_FACTORS: tuple[float, ...] = (1.5, 2.0, 3.0, 5.0)
+FALL_FACTORS: tuple[float, ...] = (0.75, 0.5, 0.25, 0.125)
 MEAN_SHIFTS: tuple[float, ...] = (0.1, 0.2, 0.4, 0.8)
 # Jeffreys prior on a concept's rate under the null: the reference counts update it.
 _PRIOR = 0.5
@@ -48,11 +54,10 @@ CALIBRATION_TARGET = 1.3
 
 _NF, _NK = len(RATE_FACTORS), len(MEAN_SHIFTS)
 _SHIFTS = np.array(MEAN_SHIFTS)[:, None]
-# Below this an absent-batch factor exp(m log q1) has lost precision (subnormal): such concepts take the exact path.
-_TINY = 1e-280
+_EXPONENTS = np.array(RATE_FACTORS + FALL_FACTORS)[:, None]  # (8, 1): e of each prevalence row, rises first
 # Relative slack of the "can anything fire" screen, far above the rounding of a sum of four terms and a log.
 _SCREEN_SLACK = 1e-9
-_FACTOR_CACHE = 4  # batch sizes whose absent-batch factors are kept
+_FACTOR_CACHE = 4  # batch sizes whose dead-row points are kept
 # the activation shifts double from one to the next, so e^{lam b} - 1 of the larger ones follows by squaring
 _DOUBLING = all(b == 2.0 * a for a, b in zip(MEAN_SHIFTS, MEAN_SHIFTS[1:]))
 # log-LR below which a factor is 0.0 in float64 (exp underflows at -745.1), with a margin for rounding
@@ -130,9 +135,9 @@ class SequentialConceptTest:
     Cost per batch. Every tested detector moves at every batch (the null learns from absences too), so the work is
     one pass over the tested detectors, kept small: concepts are stored with the supported ones first, so the fall
     and activation detectors are contiguous slices of only the concepts they test; a prevalence detector's
-    likelihood ratio for a concept absent from the batch factors into an alternative part exp(m log(1 - p1)),
-    computed once per batch size, times a null part shared by the concept's four alternatives, so only the concepts
-    present in the batch (and the rare ones whose factor could overflow or be capped) take the exact formula; the
+    likelihood ratio for a concept absent from the batch is a power of (1 - p)^m, the eight of a concept come from
+    two exps by squaring, so only the concepts present in the batch (and the rare ones whose factor could pass the
+    floor or the cap) take the exact formula; the
     evidence (a log per concept and kind) is computed only when read, and whether anything fires is decided from
     the largest R of each detector row first. docs/drift.md (§4, "Cost") gives the equalities this rests on;
     tests/monitor/drift/test_sequential.py checks them against the direct update on random streams.
@@ -151,12 +156,12 @@ class SequentialConceptTest:
         self._live: weakref.ref | None = None  # the last result handed out, filled in before the state moves
         self._evidence: np.ndarray | None = None
         empty = np.zeros(0)
-        self._install(np.zeros(0, dtype=np.int64), np.zeros(0, dtype=bool), empty, 0.0, np.zeros((8, 0)),
-                      np.zeros((8, 0)), 0, empty, empty, empty, np.zeros((16, 0)),
+        self._install(np.zeros(0, dtype=np.int64), np.zeros(0, dtype=bool), empty, 0.0, 0, empty, empty, empty,
+                      np.zeros((16, 0)),
                       np.zeros((4, self.n_concepts), dtype=bool))
 
     # -- layout -----------------------------------------------------------------------------------------------------
-    def _install(self, idx, supported, alpha, total, log_p1, log_q1, n, wsum, wsq, wmax, r, tested) -> None:
+    def _install(self, idx, supported, alpha, total, n, wsum, wsq, wmax, r, tested) -> None:
         """Take a state given in the order of ``idx`` (the layout of state_dict) and store it with the supported
         concepts first: position i of the internal arrays holds concept ``idx[perm[i]]``."""
         self.idx = np.asarray(idx, dtype=np.int64)
@@ -171,8 +176,6 @@ class SequentialConceptTest:
         self._all = ct == self.n_concepts
         self._alpha = np.array(alpha, dtype=np.float64)[perm]
         self._total = float(total)  # alpha + beta, the same for every concept: each item adds 1 to one of them
-        self._log_p1 = np.ascontiguousarray(np.asarray(log_p1, dtype=np.float64)[:, perm])
-        self._log_q1 = np.ascontiguousarray(np.asarray(log_q1, dtype=np.float64)[:, perm])
         self._n = int(n)
         self._wsum = np.array(wsum, dtype=np.float64)[perm]
         self._wsq = np.array(wsq, dtype=np.float64)[perm]
@@ -186,7 +189,7 @@ class SequentialConceptTest:
         self._l_dn = np.empty_like(self._r_dn)
         self.tested = np.asarray(tested, dtype=bool)
         self._n_hyp = int(self.tested.sum())
-        self._factors: dict[int, tuple] = {}
+        self._dead: dict[int, np.ndarray] = {}
         self._evidence = None
         self._rowmax = [blk.max(axis=1) if blk.size else np.zeros(len(blk)) for blk in self._blocks()]
 
@@ -230,9 +233,6 @@ class SequentialConceptTest:
         x = r.presence[idx].astype(np.float64)
         alpha = x + _PRIOR
         beta = (n_r - x) + _PRIOR
-        rate = alpha / (alpha + beta)
-        f = np.array(RATE_FACTORS)
-        p1 = np.concatenate([np.minimum(rate[None, :] * f[:, None], 0.99), rate[None, :] / f[:, None]])
         r_new = np.zeros((2 * _NF + 2 * _NK, len(idx)))
         if self.ready and self._ct:
             # keep the evidence of concepts tested before and after the change
@@ -244,7 +244,7 @@ class SequentialConceptTest:
                 tested[h, idx] = True if (kind, direction) == ("prevalence", "up") else supported
         # a detector that is no longer tested restarts from R = 0 (the direct update zeroes it at the next batch)
         r_new *= np.repeat(tested[:, idx], [_NF, _NF, _NK, _NK], axis=0)
-        self._install(idx, supported, alpha, float(n_r) + 2 * _PRIOR, np.log(p1), np.log1p(-p1), n_r,
+        self._install(idx, supported, alpha, float(n_r) + 2 * _PRIOR, n_r,
                       r.weight_sum[idx], r.weight_sq_sum[idx], r.weight_max[idx], r_new, tested)
         self.ready = True
 
@@ -280,7 +280,7 @@ class SequentialConceptTest:
         state = self.state_dict()
         for key in ("idx", "alpha", "beta", "wsum", "wsq", "wmax"):
             state[key] = state[key][keep]
-        for key in ("log_p1", "log_q1", "r", "on"):
+        for key in ("r", "on"):
             state[key] = state[key][:, keep]
         state["tested"] = np.zeros_like(state["tested"])
         state["tested"][:, state["idx"]] = self.tested[:, self.idx[keep]]
@@ -376,49 +376,54 @@ class SequentialConceptTest:
         self._wsq += sq
         self.n_items += m
 
-    def _absent_factors(self, m: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """Per batch size m: exp(m log(1 - p1)) of every prevalence alternative (up rows over all concepts, down
-        rows over the supported ones), the concepts where one of them is too small to carry full precision, log p1
-        - log(1 - p1) and m log(1 - p1) (for the exact formula), and where each up-activation row goes dead."""
-        got = self._factors.get(m)
+    def _dead_points(self, m: int) -> np.ndarray:
+        """Per batch size m: the t = shift x b / sd from which each up-activation row goes dead (``_dead_from``)."""
+        got = self._dead.get(m)
         if got is None:
-            log_k = m * self._log_q1
-            k_up = np.exp(log_k[:_NF])
-            k_dn = np.exp(log_k[_NF:, :self._ns])
-            small = (k_up < _TINY).any(axis=0)
-            small[:self._ns] |= (k_dn < _TINY).any(axis=0)
-            if len(self._factors) >= _FACTOR_CACHE:
-                self._factors.pop(next(iter(self._factors)))
-            got = self._factors[m] = (k_up, k_dn, np.flatnonzero(small), self._log_p1 - self._log_q1, log_k,
-                                      np.array([_dead_from(d, m) for d in MEAN_SHIFTS]))
+            if len(self._dead) >= _FACTOR_CACHE:
+                self._dead.pop(next(iter(self._dead)))
+            got = self._dead[m] = np.array([_dead_from(d, m) for d in MEAN_SHIFTS])
         return got
 
     def _prevalence_step(self, m: int, presence: np.ndarray, cap: float, ecap: float) -> None:
-        """log LR = k log(p1 / p) + (m - k) log((1 - p1) / (1 - p)), p the Beta predictive rate before the batch.
-        For k = 0 the ratio is exp(m log(1 - p1)) x exp(-m log(1 - p)): a cached factor per alternative times one
-        shared by the concept's alternatives, computed for every concept; the concepts of the batch (and the rare
-        ones whose factor could be capped or lose precision) then get the full formula."""
+        """log LR = k log(p1 / p) + (m - k) (e - 1) log(1 - p), p the Beta predictive rate before the batch and
+        p1 = 1 - (1 - p)^e the alternative that follows it. For k = 0 the ratio is (1 - p)^(m (e - 1)): with
+        x = m log(1 - p), the rises' four are exp(x / 2) and its square, fourth and eighth power, the falls' four
+        are powers of exp(-x / 8) (exponents 2, 4, 6, 7) -- two exps per concept for eight factors. The concepts of
+        the batch, and the rare ones where a factor could pass the floor or the cap, get the full formula."""
         ns = self._ns
         rate = self._alpha / self._total
         lq = np.log1p(-rate)
-        g = np.exp(-m * lq)  # >= 1; the alternative part is <= 1, so the product only reaches the cap where g does
-        k_up, k_dn, tiny, odds, log_k, _ = self._absent_factors(m)
+        x = lq * m  # <= 0
+        l_up, l_dn = self._l_up, self._l_dn
+        np.exp(x * 0.5, out=l_up[0])  # e = 1.5
+        np.multiply(l_up[0], l_up[0], out=l_up[1])  # e = 2
+        np.multiply(l_up[1], l_up[1], out=l_up[2])  # e = 3
+        np.multiply(l_up[2], l_up[2], out=l_up[3])  # e = 5
+        if ns:
+            h = np.exp(x[:ns] * -0.125)
+            np.multiply(h, h, out=l_dn[0])  # e = 3/4: (1 - p)^(-m/4)
+            np.multiply(l_dn[0], l_dn[0], out=l_dn[1])  # e = 1/2
+            np.multiply(l_dn[1], l_dn[0], out=l_dn[2])  # e = 1/4
+            np.multiply(l_dn[2], h, out=l_dn[3])  # e = 1/8
+        # the full formula where the batch has the concept, where exp(4x) (the smallest factor) could pass the floor,
+        # and where exp(-7x/8) (the largest) could pass the cap
         exact = presence > 0
-        if len(tiny):
-            exact[tiny] = True
-        if g.max() > ecap:
-            exact |= g > ecap
+        low = 4.0 * float(x.min(initial=0.0)) < _FLOOR_NATS
+        if low:
+            exact |= x < _FLOOR_NATS / 4.0
+        if ns and -0.875 * float(x[:ns].min()) > cap:
+            exact[:ns] |= x[:ns] < cap / -0.875
         where = np.flatnonzero(exact)
-        l_up = np.multiply(k_up, g, out=self._l_up)
-        l_dn = np.multiply(k_dn, g[:ns], out=self._l_dn)
         if len(where):
-            # k log(p1/p) + (m - k) log(q1/q) = k (log(p1/q1) - log(p/q)) + m log q1 - m log q
             k = presence[where]
             lqw = lq[where]
-            llr = np.take(odds, where, axis=1)
+            # k (log p1 - log p) + (m - k) (e - 1) log(1 - p), p1 = -expm1(e log(1 - p))
+            ew = _EXPONENTS * lqw
+            llr = np.log(-np.expm1(ew))
+            llr -= np.log(rate[where])
             llr *= k
-            llr += np.take(log_k, where, axis=1)
-            llr -= k * (np.log(rate[where]) - lqw) + m * lqw
+            llr += (m - k) * (ew - lqw)
             np.clip(llr, _FLOOR_NATS, cap, out=llr)
             np.exp(llr, out=llr)
             n_sup = int(np.searchsorted(where, ns))  # supported concepts come first
@@ -450,7 +455,7 @@ class SequentialConceptTest:
         np.maximum(var, 1e-300, out=var)
         sd = np.sqrt(var)
         lam = _SHIFTS / sd  # (shift, concept)
-        dead = self._absent_factors(m)[5]
+        dead = self._dead_points(m)
         # one-sided ranges: up to the reference maximum, down to zero; deviations signed so that both grow with
         # evidence against the null
         sides = ((np.maximum(self._wmax[:ns] - mu, 1e-12), s_up[:ns] - m * mu),
@@ -564,8 +569,7 @@ class SequentialConceptTest:
         alpha = self._dense(self._alpha)
         on = np.repeat(self.tested[:, self.idx], [_NF, _NF, _NK, _NK], axis=0)
         return {"n_concepts": self.n_concepts, "ready": self.ready, "idx": self.idx, "alpha": alpha,
-                "beta": self._total - alpha, "log_p1": self._dense(self._log_p1),
-                "log_q1": self._dense(self._log_q1), "n": self._n, "wsum": self._dense(self._wsum),
+                "beta": self._total - alpha, "n": self._n, "wsum": self._dense(self._wsum),
                 "wsq": self._dense(self._wsq), "wmax": self._dense(self._wmax), "r": self._dense_r(),
                 "n_items": self.n_items, "tested": self.tested, "on": on, "spend": self.spend}
 
@@ -581,8 +585,7 @@ class SequentialConceptTest:
             raise ValueError("state: alpha + beta must be the same for every concept (items seen + 2 x prior)")
         # the fall and activation rows test the same concepts: those the reference supported
         supported = (tested[1] | tested[2] | tested[3])[idx] if len(idx) else np.zeros(0, dtype=bool)
-        self._install(idx, supported, alpha, float(total[0]) if len(total) else 0.0, state["log_p1"],
-                      state["log_q1"], int(state["n"]), state["wsum"], state["wsq"], state["wmax"], state["r"],
+        self._install(idx, supported, alpha, float(total[0]) if len(total) else 0.0, int(state["n"]), state["wsum"], state["wsq"], state["wmax"], state["r"],
                       tested)
         self.ready = bool(state["ready"])
         self.n_items = int(state["n_items"])

@@ -8,7 +8,7 @@ import math
 import numpy as np
 
 from monitor.drift.detectors import HYPOTHESES, DriftConfig
-from monitor.drift.sequential import _CAP_NATS, MEAN_SHIFTS, RATE_FACTORS
+from monitor.drift.sequential import _CAP_NATS, FALL_FACTORS, MEAN_SHIFTS, RATE_FACTORS
 from monitor.records import SparseCodes
 
 
@@ -24,8 +24,6 @@ class DirectSequential:
         self.idx = np.array(state["idx"])
         self.alpha = np.array(state["alpha"], dtype=np.float64)
         self.beta = np.array(state["beta"], dtype=np.float64)
-        self.log_p1 = np.array(state["log_p1"])
-        self.log_q1 = np.array(state["log_q1"])
         self.n = int(state["n"])
         self.wsum, self.wsq, self.wmax = (np.array(state[k], dtype=np.float64) for k in ("wsum", "wsq", "wmax"))
         self.r = np.array(state["r"], dtype=np.float64)
@@ -54,8 +52,11 @@ class DirectSequential:
         absent = m - presence
         rows = []
         if "prevalence" in self.kinds:
-            rate = self.alpha / (self.alpha + self.beta)
-            rows.append(presence * (self.log_p1 - np.log(rate)) + absent * (self.log_q1 - np.log1p(-rate)))
+            rate = self.alpha / (self.alpha + self.beta)  # the predictive rate p before the batch
+            for e in RATE_FACTORS + FALL_FACTORS:
+                # the alternative follows it: an item lacks the concept with probability (1 - p)^e
+                p1 = -np.expm1(e * np.log1p(-rate))
+                rows.append((presence * (np.log(p1) - np.log(rate)) + absent * (np.log1p(-p1) - np.log1p(-rate)))[None])
             self.alpha += presence
             self.beta += absent
         else:

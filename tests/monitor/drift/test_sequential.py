@@ -237,3 +237,48 @@ def test_update_before_a_reference_is_refused():
 
 def test_module_docstring_example_runs():
     assert doctest.testmod(seq_mod).failed == 0
+
+
+def _segment(n, prevalence_j, j, seed, start):
+    """``n`` images of the PROFILE stream with concept ``j`` active in a share ``prevalence_j`` of them."""
+    prev = PROFILE.prevalence.copy()
+    prev[j] = prevalence_j
+    profile = ConceptProfile(prevalence=prev, scale=PROFILE.scale)
+    return [(codes, _timestamps(items, start)) for codes, items in
+            synthetic_stream(C, n, seed=seed, mean_l0=12, batch_size=BATCH, profile=profile)]
+
+
+def _timestamps(items, start):
+    return np.array([start + it.timestamp for it in items])
+
+
+def test_a_concept_new_to_the_stream_stays_alarmed_while_it_persists_and_resolves_after():
+    """The defect of issue 15: a concept the reference never saw, appearing at 15 %, used to alarm only on the batch
+    of its first crossing (the null learned it at once while the alternatives stayed at multiples of the reference
+    rate). With alternatives that follow the learned null it fires within a batch, stays firing, named, with figures
+    that pass the gates, while the concept persists (6,000 items, 60 % of the reference), and resolves after."""
+    j = int(np.argsort(PROFILE.prevalence)[C // 2])
+    n_ref, quiet, on, off = 10_000, 1_000, 6_000, 6_000
+    stream = (_segment(n_ref + quiet, 0.0, j, 31, 0.0) + _segment(on, 0.15, j, 32, 1e5)
+              + _segment(off, 0.0, j, 33, 2e5))
+    mon = StreamMonitor([f"c{k}" for k in range(C)], MonitorConfig(
+        window=WindowConfig(size=500), reference=ReferenceConfig(n_images=n_ref),
+        drift=DriftConfig(ert=100_000, min_prevalence_change=0.05)))
+    onset, end = n_ref + quiet, n_ref + quiet + on
+    fired, resolved, active_at = [], [], {}
+    for codes, ts in stream:
+        for a in mon.update(codes, timestamps=ts):
+            (fired if a.state == "firing" else resolved).append(a)
+        active_at[mon.n_items] = {(a.concept_index, a.kind, a.direction) for a in mon.active_alarms}
+    key = (j, "prevalence", "up")
+    assert [(a.concept_index, a.kind, a.direction) for a in fired] == [key]  # one alarm, nothing else
+    alarm = fired[0]
+    assert alarm.concept == f"c{j}" and onset < alarm.item_offset <= onset + 2 * BATCH
+    # the figures it reports pass the default min_count and the 5-point floor
+    assert alarm.reference_prevalence == 0.0 and alarm.current_prevalence >= 0.05
+    # firing at every batch from its crossing to the end of the shift
+    assert all(key in active_at[n] for n in range(alarm.item_offset, end + 1, BATCH))
+    # and resolved once the concept is gone: evidence falls under half the threshold, then two batches
+    assert [(a.concept_index, a.kind, a.direction) for a in resolved] == [key]
+    assert end < resolved[0].item_offset <= end + 3_000
+    assert key not in active_at[n_ref + quiet + on + off]
