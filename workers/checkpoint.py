@@ -11,7 +11,10 @@ point leaves the previous complete checkpoint or the new one.
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
+import re
 import time
 import uuid
 from typing import Any
@@ -19,7 +22,46 @@ from typing import Any
 from monitor.errors import ConfigError
 from workers.ledger import CommitLedger
 
-__all__ = ["save_checkpoint", "load_checkpoint"]
+__all__ = ["save_checkpoint", "load_checkpoint", "derive_job_id"]
+
+
+def derive_job_id(source: str, history: str, *, stream: str | None = None, kind: str | None = None) -> str:
+    """The checkpoint name of a run given no ``--job-id``: the same for every rerun of the same command, so a rerun
+    after a crash finds the checkpoint; different for another input or another history store.
+
+    It hashes what says where the items come from and where their windows go, and nothing else: for Redis Streams
+    the server (host, port, database; never the password or the user), the stream key and the consumer group, whose
+    pending list is the position (not the consumer name, which may be generated per process, nor tuning options such
+    as ``claim_idle_ms``); for files and directories the absolute path and every option (columns, glob, stream),
+    which decide what the items are; the ``--stream``/``--kind`` overrides; and the history store's location. A
+    readable tail (the stream key or file name) comes first, so ``history`` listings and logs say which job it is.
+
+    >>> a = derive_job_id("redis://:pw@cache:6379/0?stream=frames&group=splice&consumer=c1", "/data/h")
+    >>> a == derive_job_id("redis://:other@cache:6379/0?stream=frames&group=splice&claim_idle_ms=5", "/data/h")
+    True
+    >>> a.startswith("run-frames-"), a == derive_job_id("redis://cache:6379/0?stream=frames&group=other", "/data/h")
+    (True, False)
+    """
+    from urllib.parse import urlsplit
+
+    from workers.sources.uri import parse_uri
+
+    scheme, path, options, parsed = parse_uri(source)
+    if scheme in ("redis", "rediss"):
+        host = urlsplit(source).netloc.rsplit("@", 1)[-1].lower()
+        where = f"{scheme}://{host}{parsed.path or '/0'}"
+        key = options.get("stream", "")
+        identity = [where, f"stream={key}", f"group={options.get('group', 'splice')}"]
+        tail = key
+    else:
+        where = path if "://" in path else os.path.abspath(path)
+        identity = [scheme, where, *sorted(f"{k}={v}" for k, v in options.items())]
+        tail = where.rstrip("/").rsplit("/", 1)[-1]
+    store = history if "://" in history else os.path.abspath(history)
+    identity += [f"stream-override={stream or ''}", f"kind-override={kind or ''}", f"history={store}"]
+    digest = hashlib.sha256("\n".join(identity).encode()).hexdigest()[:12]
+    tail = re.sub(r"[^A-Za-z0-9._-]+", "-", tail)[:40].strip("-.") or "source"
+    return f"run-{tail}-{digest}"
 
 
 def save_checkpoint(core: Any, job_id: str, position: dict | None = None, *, done: bool = False,

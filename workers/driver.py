@@ -151,9 +151,6 @@ class Pipeline:
         previous_handlers = _install_stop_handlers(self.stop, self.signals) if handle_signals else {}
         try:
             self.source = source
-            if self.job and not hasattr(self.source, "resume"):
-                raise ConfigError(f"checkpointed (resumable) runs need a file source (Parquet/Arrow or a "
-                                  f"directory); {redact_uri(config.source)!r} is not one")
             self.start_actors()
             resumed = self.resume()
             self._announce(resumed)
@@ -229,7 +226,9 @@ class Pipeline:
         self.on_started({
             "workers": len(self.workers), "gpus_per_worker": self.gpus, "metrics_address": self.metrics_address,
             "concept_space": info["concept_space"], "n_concepts": len(info["concept_names"]),
-            "encoder": info["encoder"], "mean": info.get("mean", ""), "resumed_from": None if not resumed else resumed.get("source"),
+            "encoder": info["encoder"], "mean": info.get("mean", ""), "job": self.job, "history": self.config.history,
+            "checkpoint_every_s": self.config.checkpoint_every_s,
+            "resumed_from": None if not resumed else resumed.get("source"),
             "resumed_done": bool(resumed and resumed.get("done")),
             "resumed_items": 0 if not resumed else
             int(resumed.get("images", 0)) + sum((resumed.get("dead_letters") or {}).values())})

@@ -27,10 +27,24 @@ def _stored_images(store: str) -> int:
     return sum(w.n_images for w in HistoryStore.open(store).read_windows())
 
 
+def _cli_config(*argv: str) -> PipelineConfig:
+    """The PipelineConfig ``splice-monitor run`` builds from these flags."""
+    import argparse
+
+    from workers.cli.run import build_config, register
+
+    parser = argparse.ArgumentParser()
+    register(parser.add_subparsers())
+    return build_config(parser.parse_args(["run", *argv]))
+
+
+@pytest.mark.parametrize("job", ["caps-job", None])
 def test_sigkill_of_the_aggregator_actor_is_restored_from_its_checkpoint_and_replayed(ray_local, text_config,
                                                                                       redis_url, redis_client,
-                                                                                      tmp_path):
-    """The probe: the driver exited 1 with a raw traceback and 240 acknowledged items never reached a window."""
+                                                                                      tmp_path, job):
+    """The probe: the driver exited 1 with a raw traceback and 240 acknowledged items never reached a window. With
+    ``job=None`` the configuration is the one a plain ``run --history`` (no ``--job-id``) builds: it is checkpointed
+    under a derived job id, so it survives the same fault."""
     import ray
 
     add_captions(redis_client, "caps", 400)
@@ -43,9 +57,14 @@ def test_sigkill_of_the_aggregator_actor_is_restored_from_its_checkpoint_and_rep
             actors["killed"] = pid
 
     hooks = {"actors": lambda workers, aggregator: actors.update(aggregator=aggregator), "after_submit": after_submit}
-    config = PipelineConfig(source=f"{redis_url}?stream=caps&group=g&consumer=c1&drain=1", worker=text_config,
-                            workers=1, batch_size=20, monitor=MONITOR, history=str(tmp_path / "h"),
-                            checkpoint_job="caps-job", checkpoint_every_s=0.5)
+    source = f"{redis_url}?stream=caps&group=g&consumer=c1&drain=1"
+    if job is None:
+        derived = _cli_config("--source", source, "--history", str(tmp_path / "h"), "--workers", "1",
+                              "--metrics-port", "-1")
+        assert derived.checkpoint_job and derived.checkpoint_job.startswith("run-caps-")
+        job = derived.checkpoint_job
+    config = PipelineConfig(source=source, worker=text_config, workers=1, batch_size=20, monitor=MONITOR,
+                            history=str(tmp_path / "h"), checkpoint_job=job, checkpoint_every_s=0.5)
     summary = run_pipeline(config, hooks=hooks)
     assert "killed" in actors
     assert summary.images + summary.dead_letters_total + summary.duplicates == 400
@@ -74,11 +93,13 @@ def _wait_for_checkpoint(store, proc, timeout_s=240.0) -> None:
 @pytest.mark.parametrize("fault", ["sigkill", "double-sigterm"])
 def test_a_driver_that_dies_loses_nothing_acknowledged_and_the_rerun_completes(text_config, redis_url,
                                                                                redis_client, tmp_path, fault):
-    """The probe: SIGKILL of the driver lost 54 acknowledged items; two SIGTERMs lost 182 and exited 130."""
+    """The probe: SIGKILL of the driver lost 54 acknowledged items; two SIGTERMs lost 182 and exited 130. A plain
+    ``run --history`` (no ``--job-id``): the rerun finds the checkpoint under the job id derived from the same
+    flags."""
     add_captions(redis_client, "caps", 600)
     store = tmp_path / "h"
     args = ["--source", f"{redis_url}?stream=caps&group=g&consumer=c1&drain=1", "--history", str(store),
-            "--job-id", "caps-job", "--checkpoint-every", "0.5", "--workers", "1", "--batch-size", "20",
+            "--checkpoint-every", "0.5", "--workers", "1", "--batch-size", "20",
             "--model", "minilm", "--vocab", text_config.vocab, "--mean", "vocab", "--cache-dir", text_config.cache_dir,
             "--window", "100", "--reference-images", "100", "--metrics-port", "-1"]
     first = _run_cli(args)

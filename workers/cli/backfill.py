@@ -70,10 +70,6 @@ def run(args: argparse.Namespace) -> int:
         nonlocal bar, offset
         console.started(info)
         offset = int(info.get("resumed_items", 0))
-        if info.get("resumed_done"):
-            console.say(f"{job} is already complete (pass --restart to run it again)")
-        elif info.get("resumed_from") is not None:
-            console.say(f"resuming {job} after {info['resumed_from']}")
         if not args.no_progress and not s.quiet:
             from tqdm import tqdm
 

@@ -10,7 +10,7 @@ import sys
 import time
 from typing import Any
 
-__all__ = ["Console", "print_alarm"]
+__all__ = ["Console", "print_alarm", "durability_line"]
 
 
 def print_alarm(alarm) -> None:
@@ -58,6 +58,16 @@ class Console:
                 # use one measured on this camera's frames instead
                 print(f"mean: {mean}; `splice-monitor calibrate` measures one on your own images (pass it with "
                       f"--mean)", file=sys.stderr, flush=True)
+            print(f"{self.command}: {durability_line(info)}", file=sys.stderr, flush=True)
+            job = info.get("job")
+            if job and info.get("resumed_done") and info.get("resumed_from") is not None:
+                print(f"{self.command}: {job} is already complete (pass --restart to run it again)", file=sys.stderr,
+                      flush=True)
+            elif job and info.get("resumed_items"):
+                where = info.get("resumed_from")
+                print(f"{self.command}: resuming {job} from its checkpoint ({info['resumed_items']} items counted"
+                      f"{', source position ' + str(where) if where is not None else ''})", file=sys.stderr,
+                      flush=True)
 
     def alarm(self, alarm) -> None:
         if not self.json:  # with --json the alarms are part of the summary object
@@ -76,6 +86,18 @@ class Console:
             print(json.dumps({"command": self.command, **summary.as_dict(), **extra}, default=str))
         else:
             print(summary.format())
+
+
+def durability_line(info: dict) -> str:
+    """What a crash can cost this run, said once at start-up (docs/pipeline.md, "Acknowledge only what is
+    durable")."""
+    job = info.get("job")
+    if job:
+        return (f"checkpointed as job {job} (every {info.get('checkpoint_every_s', 30):g} s; only what a checkpoint "
+                f"holds is acknowledged, so a crash loses nothing and the same command resumes)")
+    why, fix = ("", "") if info.get("history") else (" (no --history)", "; add --history DIR to make it resumable")
+    return (f"not checkpointed{why}: each batch is acknowledged once committed and the windows live in memory, so "
+            f"an aggregator or driver crash loses what the open windows held{fix}")
 
 
 def _configure_logging(level: str) -> None:

@@ -15,6 +15,8 @@ from workers.cli.settings import add_settings_arguments
 def register(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p = sub.add_parser("run", help="run the streaming monitor on a source (dir, Parquet/Arrow, Redis Streams)",
                        description=__doc__, allow_abbrev=False)
+    p.add_argument("--restart", action="store_true",
+                   help="with --history: ignore the job's checkpoint and start over (the windows it holds are dropped)")
     p.add_argument("--json", action="store_true",
                    help="print the summary (with the alarms and notices) as one JSON object on stdout")
     add_settings_arguments(p, "run")
@@ -24,15 +26,23 @@ def register(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 def build_config(args: argparse.Namespace, resolved=None):
     """The run's PipelineConfig from its parsed flags (and the file and environment they sit on)."""
+    from dataclasses import replace
+
+    from workers.checkpoint import derive_job_id
     from workers.cli.settings import resolve
 
     resolved = resolved or resolve("run", args)
     s = resolved.settings
-    # with a history store and a job id the run checkpoints and acknowledges only what a checkpoint holds, so a rerun
-    # after a crash resumes where the last checkpoint ended (docs/pipeline.md, "Acknowledge only what is durable")
-    return resolved.pipeline_config(push_job="splice-run", push_run_id=s.job_id,
-                                    checkpoint_job=s.job_id if s.history and s.job_id else None,
-                                    checkpoint_every_s=s.checkpoint_every)
+    config = resolved.pipeline_config(push_job="splice-run", push_run_id=s.job_id,
+                                      restart=bool(getattr(args, "restart", False)),
+                                      checkpoint_every_s=s.checkpoint_every)
+    if not config.history:
+        return config
+    # with a history store the run checkpoints and acknowledges only what a checkpoint holds, so a rerun after a crash
+    # resumes where the last checkpoint ended (docs/pipeline.md, "Acknowledge only what is durable"); without
+    # --job-id the checkpoint is named after the source and the store, so the same command finds it again
+    return replace(config, checkpoint_job=s.job_id or derive_job_id(config.source, config.history,
+                                                                     stream=config.stream, kind=config.kind))
 
 
 def run(args: argparse.Namespace) -> int:
