@@ -12,7 +12,7 @@ by its reference (``skip``), so it is counted once.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 __all__ = ["AckGate", "Held", "actor_died", "restore_aggregator"]
@@ -63,7 +63,7 @@ class AckGate:
     def refs(self, in_flight: dict[int, Any] | None = None) -> dict[int, list[str]]:
         """Item references of each held (and in-flight) batch: those the checkpoint covers are skipped if the source
         delivers them again after a crash."""
-        return {seq: [it.ref for it in b.items if it.ref] for seq, b in self._batches(in_flight).items()}
+        return {seq: b.refs() for seq, b in self._batches(in_flight).items()}
 
     def covered(self, through: int) -> list[tuple[int, Held]]:
         """A checkpoint holds batches 1..``through``: acknowledge them at the source; returns them in order."""
@@ -84,14 +84,12 @@ class AckGate:
         reference is forgotten once seen, so the set only shrinks."""
         if not self.skip:
             return batch
-        keep = []
-        for item in batch.items:
-            if item.ref in self.skip:
-                self.skip.discard(item.ref)
-                self.skipped += 1
-            else:
-                keep.append(item)
-        return batch if len(keep) == len(batch.items) else replace(batch, items=keep)
+        here = self.skip.intersection(batch.refs())
+        if not here:
+            return batch
+        self.skip -= here
+        self.skipped += len(here)
+        return batch.without(here)
 
 
 def actor_died(exc: BaseException) -> bool:

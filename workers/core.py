@@ -19,7 +19,7 @@ import numpy as np
 from monitor.concepts.images import DEFAULT_MAX_PIXELS
 from monitor.errors import BadInput, ConfigError
 from monitor.records import ItemMeta, SparseCodes
-from workers.items import DeadLetter, Partial, WorkItem
+from workers.items import DeadLetter, ItemBatch, ItemColumns, Partial, WorkItem
 
 __all__ = ["WorkerConfig", "Worker"]
 
@@ -227,9 +227,24 @@ class Worker:
 
     # -- the batch path -------------------------------------------------------------------------------------------
 
-    def process(self, items: list[WorkItem]) -> Partial:
-        """Decode, encode and decompose one batch; returns the batch's :class:`Partial`."""
+    def process(self, batch: "list[WorkItem] | ItemBatch | Any") -> Partial:
+        """Decode, encode and decompose one batch; returns the batch's :class:`Partial`.
+
+        ``batch`` is a list of :class:`WorkItem`, an :class:`ItemBatch`, or a descriptor the worker resolves itself
+        (anything with ``load() -> ItemBatch``: rows of a Parquet file, claimed Redis entries), so the driver never
+        carries the payloads."""
         t0 = time.perf_counter()
+        t_read = 0.0
+        if not isinstance(batch, (list, tuple, ItemBatch)):
+            batch = batch.load()
+            t_read = time.perf_counter() - t0
+        columns_in: ItemColumns | None = None
+        if isinstance(batch, ItemBatch):
+            columns_in = batch.columns
+            items = batch.work_items()
+        else:
+            items = list(batch)
+        row_of = {id(it): j for j, it in enumerate(items)} if columns_in is not None else None
         dead: list[DeadLetter] = []
         ready: list[tuple[WorkItem, Any]] = []
         on_device: list[tuple[WorkItem, Any]] = []
@@ -289,7 +304,7 @@ class Worker:
         flush(ready)
 
         codes = None
-        metas: list[ItemMeta] = []
+        columns = ItemColumns.empty()
         n_nonconv = 0
         t_solve = 0.0
         if embeddings:
@@ -299,15 +314,19 @@ class Worker:
             emb = torch.cat(embeddings, dim=0) if len(embeddings) > 1 else embeddings[0]
             codes, kept = self._decompose(emb, kept_items, dead)
             t_solve = time.perf_counter() - ts
-            metas = [kept_items[int(r)].meta for r in kept]
+            if row_of is not None:
+                columns = columns_in.take([row_of[id(kept_items[int(r)])] for r in kept])
+            else:
+                columns = ItemColumns.from_metas([kept_items[int(r)].meta for r in kept])
             if codes is not None and codes.converged is not None:
                 n_nonconv = int((~np.asarray(codes.converged, dtype=bool)).sum())
         return Partial(
             codes=codes,
-            items=metas,
+            columns=columns,
             dead_letters=dead,
             n_nonconverged=n_nonconv,
             timings={
+                "read_s": t_read,
                 "decode_wait_s": t_decode + t_device,
                 "encode_s": t_encode,
                 "decompose_s": t_solve,

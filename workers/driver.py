@@ -277,7 +277,7 @@ class Pipeline:
             if batch is None:
                 self.exhausted = True
                 return
-            if not batch.items:
+            if not len(batch):
                 return
             if self.gate is not None:
                 batch = self.gate.filter(batch)  # items a restored checkpoint already counted (redelivered)
@@ -288,7 +288,7 @@ class Pipeline:
     def submit(self, batch, attempts: int, w: int) -> None:
         """Send ``batch`` to worker ``w`` and chain its commit on the aggregator (the partial never visits the
         driver)."""
-        proc_ref = self.workers[w].process.remote(batch.items)
+        proc_ref = self.workers[w].process.remote(batch.payload())  # a descriptor where the source allows
         commit_ref = self.aggregator.commit.remote(
             batch.seq, proc_ref, released=tuple(self.released),
             queue_depth=sum(len(f.batch) for f in self.flights.values()),

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 from monitor.errors import ConfigError
@@ -11,17 +10,52 @@ from workers.items import WorkItem
 __all__ = ["SourceBatch", "Source", "option_bool"]
 
 
-@dataclass
 class SourceBatch:
     """A numbered batch; ``seq`` counts non-empty batches from 1 per source and is the unit of idempotent commits
-    (an empty batch, "nothing new yet", has seq 0)."""
+    (an empty batch, "nothing new yet", has seq 0).
 
-    seq: int
-    items: list[WorkItem]
-    token: Any = None  # what ``ack`` needs: redis entry ids, a file position, ...
+    A batch holds either its ``items`` or, where the source can be split, ``work``: a small descriptor (rows of a
+    file, claimed stream entries) that a worker resolves itself (``load() -> ItemBatch``), so the driver handles
+    O(1) per batch and never carries payloads. A descriptor also answers ``len``, ``refs()`` and ``without(refs)``.
+    ``items`` of a descriptor batch loads it here (tests, the in-process path); the driver never asks for them."""
+
+    __slots__ = ("seq", "token", "work", "_items")
+
+    def __init__(self, seq: int, items: list[WorkItem] | None = None, token: Any = None, *, work: Any = None) -> None:
+        if items is not None and work is not None:
+            raise ValueError("SourceBatch: give items or work, not both")
+        self.seq = seq
+        self.token = token  # what ``ack`` needs: redis entry ids, a file position, ...
+        self.work = work
+        self._items = items if work is None else None
+
+    @property
+    def items(self) -> list[WorkItem]:
+        if self._items is None:
+            self._items = self.work.load().work_items() if self.work is not None else []
+        return self._items
+
+    def payload(self) -> Any:
+        """What a worker is sent: the descriptor, or the items."""
+        return self.work if self.work is not None else self._items
+
+    def refs(self) -> list[str]:
+        """References of the batch's items (for skipping, after a restart, items a checkpoint already counted)."""
+        if self.work is not None:
+            return list(self.work.refs())
+        return [it.ref for it in self._items if it.ref]
+
+    def without(self, refs: set[str]) -> "SourceBatch":
+        """This batch less the items whose reference is in ``refs`` (same seq and token)."""
+        if self.work is not None:
+            return SourceBatch(self.seq, token=self.token, work=self.work.without(refs))
+        return SourceBatch(self.seq, [it for it in self._items if it.ref not in refs], token=self.token)
 
     def __len__(self) -> int:
-        return len(self.items)
+        return len(self.work) if self.work is not None else len(self._items)
+
+    def __repr__(self) -> str:
+        return f"SourceBatch(seq={self.seq}, {len(self)} items{', descriptor' if self.work is not None else ''})"
 
 
 class Source:

@@ -44,11 +44,12 @@ def test_parquet_source_resumes_after_last_acknowledged_row(tmp_path):
     pq.write_table(_table(with_null=False), path, row_group_size=2)
     src = ParquetSource(str(path), image_column="image", read_batch=2)
     b1 = src.read(3)
+    assert len(b1) == 2  # a batch stops at a row-group boundary
     src.ack(b1)
     src.read(3)  # read but never acknowledged: must come again after a resume
     again = ParquetSource(str(path), image_column="image", read_batch=2)
     again.resume(src.checkpoint())
-    assert [it.meta.id for b in drain(again) for it in b.items] == [f"t.parquet#{i}" for i in range(3, 7)]
+    assert [it.meta.id for b in drain(again) for it in b.items] == [f"t.parquet#{i}" for i in range(2, 7)]
 
 
 def test_parquet_text_column_and_arrow_ipc_file(tmp_path):
