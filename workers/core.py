@@ -18,7 +18,7 @@ import numpy as np
 
 from monitor.concepts.images import DEFAULT_MAX_PIXELS
 from monitor.errors import BadInput, ConfigError
-from monitor.records import ItemMeta, SparseCodes
+from monitor.records import SparseCodes
 from workers.items import DeadLetter, ItemBatch, ItemColumns, Partial, WorkItem
 
 __all__ = ["WorkerConfig", "Worker"]

@@ -95,6 +95,8 @@ class ParquetSource(Source):
         else:
             raise ConfigError(f"parquet source: {str(root)!r} does not exist")
         self.files = files
+        # absolute: a worker process need not share the driver's working directory
+        self._paths = [str(f.resolve()) for f in files]
         self.stream = stream
         self.name = f"parquet:{root}"
         self.read_batch = int(read_batch)  # accepted for old URIs; batches now follow the files' row groups
@@ -138,6 +140,7 @@ class ParquetSource(Source):
                               metadata_columns=tuple(self.metadata_columns), stream=stream, t0=time.time(),
                               columns=columns)
         self._groups: dict[int, list[int]] = {}  # file index -> row counts of its row groups (record batches)
+        self._cached_bounds: tuple[int, np.ndarray] = (-1, np.zeros(1))
         self._file_idx = 0
         self._row = 0  # next row of the current file to hand out
 
@@ -146,6 +149,11 @@ class ParquetSource(Source):
         if i not in self._groups:
             self._groups[i] = _group_rows(self.files[i])
         return self._groups[i]
+
+    def _bounds(self, i: int) -> np.ndarray:
+        if self._cached_bounds[0] != i:
+            self._cached_bounds = (i, np.cumsum([0, *self._group_rows(i)]))
+        return self._cached_bounds[1]
 
     @property
     def total(self) -> int:
@@ -170,14 +178,13 @@ class ParquetSource(Source):
         """The next rows as a descriptor (file, first row, end row), cut at a row-group boundary so a worker
         decodes each group it reads for this batch, and never a batch that spans two files. Reads only footers."""
         while self._file_idx < len(self.files):
-            bounds = np.cumsum([0, *self._group_rows(self._file_idx)])
+            bounds = self._bounds(self._file_idx)
             if self._row >= bounds[-1]:
                 self._file_idx, self._row = self._file_idx + 1, 0
                 continue
             group_end = int(bounds[np.searchsorted(bounds, self._row, side="right")])
             stop = min(self._row + max(1, int(max_items)), group_end)
-            # an absolute path: a worker process need not share the driver's working directory
-            work = RowRange(self.spec, str(self.files[self._file_idx].resolve()), self._row, stop)
+            work = RowRange(self.spec, self._paths[self._file_idx], self._row, stop)
             self._row = stop
             return SourceBatch(self._next_seq(), token=(self._file_idx, stop), work=work)
         return None
