@@ -113,31 +113,61 @@ class StreamStatus:
     n_alarms_fired: int
 
 
-# When nothing fires, the alarm book reads evidence only at its active alarms: build just those entries (tests turn
-# this off to check that the alarms are the same).
+# The alarm book reads evidence, figures and gates only at its active alarms and at the hypotheses that fire: build
+# just those entries (tests turn this off to check that the alarms are the same).
 _ACTIVE_ONLY = True
 
 
-class _ActiveOnly:
-    """A sequential result for a batch where nothing fired: evidence filled in at the active alarms only, the one
-    place the alarm book reads it then (the full (4, concepts) logs cost more than the rest of the step)."""
+class _Narrow:
+    """A sequential result with evidence filled in at the active alarms and at the firing hypotheses (``fh``,
+    ``fj``) only, and ``fire`` true there: the places the alarm book reads (the full (4, concepts) logs cost more
+    than the rest of the step)."""
 
     __slots__ = ("evidence", "tested", "fire", "threshold", "n_hypotheses")
 
-    def __init__(self, res, test: SequentialConceptTest, active: list[Alarm]) -> None:
+    def __init__(self, res, test: SequentialConceptTest, active: list[Alarm], fh: np.ndarray, fj: np.ndarray
+                 ) -> None:
         self.tested, self.threshold, self.n_hypotheses = res.tested, res.threshold, res.n_hypotheses
         self.fire = np.zeros(res.tested.shape, dtype=bool)
+        self.fire[fh, fj] = True
         self.evidence = np.zeros(res.tested.shape)
         keys = [(HYPOTHESES.index((a.kind, a.direction)), a.concept_index) for a in active if a.concept_index >= 0]
-        if keys:
-            h, j = np.array(keys).T
+        h = np.concatenate([np.array([k[0] for k in keys], dtype=np.int64), fh])
+        j = np.concatenate([np.array([k[1] for k in keys], dtype=np.int64), fj])
+        if len(h):
             self.evidence[h, j] = test.evidence_at(h, j)
 
 
-def _step_result(seq, ref: ConceptMoments, cur: ConceptMoments, cfg: DriftConfig, stream_score: float) -> StepResult:
+class _Columns:
+    """The moments of a few concepts (``cols``), summed over some ConceptMoments: what report_and_gates reads."""
+
+    def __init__(self, parts: list[ConceptMoments], cols: np.ndarray) -> None:
+        self.n_images = sum(p.n_images for p in parts)
+        self.presence = sum((p.presence[cols] for p in parts), np.zeros(len(cols), dtype=np.int64))
+        self.weight_sum = sum((p.weight_sum[cols] for p in parts), np.zeros(len(cols)))
+        self.weight_sq_sum = sum((p.weight_sq_sum[cols] for p in parts), np.zeros(len(cols)))
+
+
+def _report_at(ref: ConceptMoments, recent: list[ConceptMoments], cols: np.ndarray, cfg: DriftConfig,
+               n_concepts: int) -> tuple:
+    """``report_and_gates`` computed at ``cols`` only, zeros elsewhere (a quiet batch: the alarm book reads the
+    active alarms' concepts and nothing else) -- the same figures at those columns."""
+    got = report_and_gates(_Columns([ref], cols), _Columns(recent, cols), cfg)
+    out = []
+    for part in got[:5]:
+        full = np.zeros(n_concepts)
+        full[cols] = part
+        out.append(full)
+    ok = np.zeros((4, n_concepts), dtype=bool)
+    ok[:, cols] = got[5]
+    return (*out, ok)
+
+
+def _step_result(seq, ref: ConceptMoments, cur: ConceptMoments, cfg: DriftConfig, stream_score: float,
+                 report: tuple | None = None) -> StepResult:
     """The sequential evidence plus what an alarm reports (reference vs recent prevalence and mean) and the gates
     that only suppress alarms: ``min_count`` and the ``min_prevalence_change`` floor."""
-    ref_prev, cur_prev, ref_mean, cur_mean, pooled_sd, ok = report_and_gates(ref, cur, cfg)
+    ref_prev, cur_prev, ref_mean, cur_mean, pooled_sd, ok = report or report_and_gates(ref, cur, cfg)
     return StepResult(seq.evidence, seq.tested, seq.fire & ok, seq.threshold, seq.n_hypotheses, ref_prev, cur_prev,
                       ref_mean, cur_mean, pooled_sd, stream_score, ref.n_images, cur.n_images)
 
@@ -262,11 +292,14 @@ class StreamMonitor:
         """The stream's mean batch size so far: the calibration simulates batches of that size."""
         return max(1, round((self.n_items + 1) / max(self._batches, 1)))
 
+    def _recent_parts(self) -> list[ConceptMoments]:
+        return [w.stats.concepts for w in self.ring.last(1) + self.windows.open_windows()]
+
     def _recent(self) -> ConceptMoments:
         """The newest closed window plus the open ones: what 'current' means in an alarm record."""
         out = ConceptMoments(len(self.concept_names))
-        for w in self.ring.last(1) + self.windows.open_windows():
-            out.merge(w.stats.concepts)
+        for part in self._recent_parts():
+            out.merge(part)
         return out
 
     def _test(self, codes: SparseCodes, ts: np.ndarray, offset: int) -> list[Alarm]:
@@ -274,10 +307,19 @@ class StreamMonitor:
         self.steps += 1
         if not seq.any_fire and not self.book.n_active and self.config.drift.stream_threshold is None:
             return []  # nothing can fire or resolve: skip assembling what an alarm would report
-        if _ACTIVE_ONLY and not seq.any_fire and self.config.drift.stream_threshold is None:
-            seq = _ActiveOnly(seq, self.seq, self.book.active)
         ref_stats, ref_start, ref_end = self.reference.get(self.ring, self.config.window.view)
-        res = _step_result(seq, ref_stats.concepts, self._recent(), self.config.drift, self._stream_score)
+        if _ACTIVE_ONLY and self.config.drift.stream_threshold is None and seq.threshold > 0:
+            active = self.book.active
+            fh, fj = self.seq.firing_keys() if seq.any_fire else (np.zeros(0, np.int64), np.zeros(0, np.int64))
+            seq = _Narrow(seq, self.seq, active, fh, fj)
+            cols = np.unique(np.concatenate([np.array([a.concept_index for a in active if a.concept_index >= 0],
+                                                      dtype=np.int64), fj]))
+            parts = self._recent_parts()
+            report = _report_at(ref_stats.concepts, parts, cols, self.config.drift, len(self.concept_names))
+            cur = _Columns(parts, cols[:0])  # its n_images is all the StepResult takes from it
+            res = _step_result(seq, ref_stats.concepts, cur, self.config.drift, self._stream_score, report)
+        else:
+            res = _step_result(seq, ref_stats.concepts, self._recent(), self.config.drift, self._stream_score)
         lo, hi = float(ts.min()), float(ts.max())
         return self.book.step(res, (lo, float(np.nextafter(hi, math.inf))), (ref_start, ref_end),
                               fired=(hi, int(offset)))

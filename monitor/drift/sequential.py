@@ -34,7 +34,8 @@ from monitor.drift.detectors import HYPOTHESES, DriftConfig
 from monitor.drift.stats import WindowStats
 from monitor.records import SparseCodes
 
-__all__ = ["RATE_FACTORS", "FALL_FACTORS", "MEAN_SHIFTS", "SequentialResult", "SequentialConceptTest"]
+__all__ = ["RATE_FACTORS", "FALL_FACTORS", "MEAN_SHIFTS", "REFRESH_ITEMS", "SequentialResult",
+           "SequentialConceptTest"]
 
 # Alternatives mixed with equal weights. Prevalence: the alternative follows the null's predictive rate p (learned
 # from the reference and the stream before the batch): an item lacks the concept with probability (1 - p)^e, so the
@@ -57,28 +58,16 @@ _SHIFTS = np.array(MEAN_SHIFTS)[:, None]
 _EXPONENTS = np.array(RATE_FACTORS + FALL_FACTORS)[:, None]  # (8, 1): e of each prevalence row, rises first
 # Relative slack of the "can anything fire" screen, far above the rounding of a sum of four terms and a log.
 _SCREEN_SLACK = 1e-9
-_FACTOR_CACHE = 4  # batch sizes whose dead-row points are kept
-# the activation shifts double from one to the next, so e^{lam b} - 1 of the larger ones follows by squaring
-_DOUBLING = all(b == 2.0 * a for a, b in zip(MEAN_SHIFTS, MEAN_SHIFTS[1:]))
-# log-LR below which a factor is 0.0 in float64 (exp underflows at -745.1), with a margin for rounding
-_DEAD_NATS = -800.0
+_FACTOR_CACHE = 4  # (batch size, cap) pairs whose absent-concept factors are kept
 # Factors are floored at exp(-700) ~ 1e-304. R enters the next batch only through R + m (m >= 1), where anything
 # below 1e-16 m vanishes, and a mixture below 1 has evidence 0: R = 1e-304 and R = 0 are the same detector. The floor
 # keeps the arithmetic off subnormal numbers and the slow paths of exp, each 10-100x slower per element.
 _FLOOR_NATS = -700.0
-
-
-def _dead_from(shift: float, m: int) -> float:
-    """The t = shift x (b / sd) from which an up-activation factor of a batch of m items is at most exp(-800)
-    whatever the batch holds (up to t = 700, where the direct update clips): its weights are clipped at the
-    reference maximum, so S - m mu <= m b and log LR <= m D(t), D(t) = t - shift^2 (e^t - 1 - t) / t^2 (b^2 / var
-    = (t / shift)^2). D is concave with D(0) = 0, so past the last grid point where m D > -800 it stays below."""
-    t = np.geomspace(1e-3, 700.0, 20_001)
-    bound = m * (t - shift * shift * (np.expm1(t) - t) / (t * t))
-    above = np.flatnonzero(bound > _DEAD_NATS)
-    if not len(above):
-        return float(t[0])
-    return float(t[above[-1] + 1]) if above[-1] + 1 < len(t) else math.inf
+# The null (predictive rate, activation mean and variance) is refreshed from everything seen once this many items
+# have passed since its last refresh, not at every batch: it stays a function of the past only (what the martingale
+# argument needs), and between refreshes a concept absent from a batch has a likelihood ratio that depends only on
+# the batch size, computed once per size -- so a batch costs work only for the concepts it holds.
+REFRESH_ITEMS = 1000
 
 
 def _config_dict(cfg: DriftConfig) -> dict[str, Any]:
@@ -157,13 +146,14 @@ class SequentialConceptTest:
         self._evidence: np.ndarray | None = None
         empty = np.zeros(0)
         self._install(np.zeros(0, dtype=np.int64), np.zeros(0, dtype=bool), empty, 0.0, 0, empty, empty, empty,
-                      np.zeros((16, 0)),
-                      np.zeros((4, self.n_concepts), dtype=bool))
+                      np.zeros((16, 0)), np.zeros((4, self.n_concepts), dtype=bool))
 
     # -- layout -----------------------------------------------------------------------------------------------------
-    def _install(self, idx, supported, alpha, total, n, wsum, wsq, wmax, r, tested) -> None:
+    def _install(self, idx, supported, alpha, total, n, wsum, wsq, wmax, r, tested, null=None, since=0) -> None:
         """Take a state given in the order of ``idx`` (the layout of state_dict) and store it with the supported
-        concepts first: position i of the internal arrays holds concept ``idx[perm[i]]``."""
+        concepts first: position i of the internal arrays holds concept ``idx[perm[i]]``. ``null`` is the snapshot
+        (alpha, total, n, wsum, wsq) the null was last refreshed from, ``since`` the items after it; without one
+        the null is refreshed from the state now."""
         self.idx = np.asarray(idx, dtype=np.int64)
         supported = np.asarray(supported, dtype=bool)
         perm = np.concatenate([np.flatnonzero(supported), np.flatnonzero(~supported)])
@@ -185,12 +175,16 @@ class SequentialConceptTest:
         self._r_dn = np.ascontiguousarray(r[_NF:2 * _NF][:, perm[:ns]])  # prevalence down, supported concepts
         act = r[2 * _NF:][:, perm[:ns]]  # activation, supported concepts: (direction, shift, concept)
         self._r_act = np.ascontiguousarray(act).reshape(2, _NK, ns)
-        self._l_up = np.empty_like(self._r_up)  # scratch for the factors of a batch
-        self._l_dn = np.empty_like(self._r_dn)
         self.tested = np.asarray(tested, dtype=bool)
         self._n_hyp = int(self.tested.sum())
-        self._dead: dict[int, np.ndarray] = {}
         self._evidence = None
+        if null is None:
+            self._refresh()
+        else:
+            a, t, nn, ws, wq = null
+            self._refresh((np.array(a, dtype=np.float64)[perm], float(t), int(nn),
+                           np.array(ws, dtype=np.float64)[perm], np.array(wq, dtype=np.float64)[perm]))
+        self._since = int(since)
         self._rowmax = [blk.max(axis=1) if blk.size else np.zeros(len(blk)) for blk in self._blocks()]
 
     def _dense_r(self) -> np.ndarray:
@@ -278,7 +272,7 @@ class SequentialConceptTest:
         ert_sim = 2.0 * m
         sim = SequentialConceptTest(self.n_concepts, DriftConfig(**{**_config_dict(self.config), "ert": ert_sim}))
         state = self.state_dict()
-        for key in ("idx", "alpha", "beta", "wsum", "wsq", "wmax"):
+        for key in ("idx", "alpha", "beta", "wsum", "wsq", "wmax", "null_alpha", "null_wsum", "null_wsq"):
             state[key] = state[key][keep]
         for key in ("r", "on"):
             state[key] = state[key][:, keep]
@@ -334,105 +328,121 @@ class SequentialConceptTest:
         m = len(codes)
         if m == 0 or not self._ct:
             return self._result()
-        ct = self._ct
         pos = self._pos[codes.indices]  # internal position of each nonzero's concept
         w = codes.values.astype(np.float64)
         if not self._all:
             keep = pos >= 0
             pos, w = pos[keep], w[keep]
-        presence = np.bincount(pos, minlength=ct).astype(np.float64)
-        s = np.bincount(pos, weights=w, minlength=ct)
-        sq = np.bincount(pos, weights=w * w, minlength=ct)
+        # only the concepts of the batch: their positions (sorted), presence counts and sums
+        where, inv, k = np.unique(pos, return_inverse=True, return_counts=True)
+        s = np.bincount(inv, weights=w, minlength=len(where))
+        sq = np.bincount(inv, weights=w * w, minlength=len(where))
         # the up test sees each weight clipped at the reference maximum (its bound needs a range)
         cut = self._wmax[pos]
         over = w > cut
         s_up = s
         if over.any():
-            s_up = s - np.bincount(pos[over], weights=w[over] - cut[over], minlength=ct)
-        self._step(m, presence, s, sq, s_up)
+            s_up = s - np.bincount(inv[over], weights=w[over] - cut[over], minlength=len(where))
+        self._step_sparse(m, where, k.astype(np.float64), s, sq, s_up)
         return self._result()
 
     def _step(self, m: int, presence: np.ndarray, s: np.ndarray, sq: np.ndarray, s_up: np.ndarray | None = None
               ) -> None:
-        """One batch of ``m`` items given, per tested concept in internal order, its presence count, weight sum,
-        sum of squares and weight sum clipped at the reference maximum (trusted inputs).
+        """``_step_sparse`` given dense arrays over the tested concepts in internal order (the calibration's)."""
+        where = np.flatnonzero(presence)
+        self._step_sparse(m, where, presence[where], s[where], sq[where], (s if s_up is None else s_up)[where])
+
+    def _step_sparse(self, m: int, where: np.ndarray, k: np.ndarray, s: np.ndarray, sq: np.ndarray,
+                     s_up: np.ndarray) -> None:
+        """One batch of ``m`` items given the internal positions ``where`` (sorted, distinct) of the concepts it
+        holds, and for each its presence count, weight sum, sum of squares and weight sum clipped at the reference
+        maximum (trusted inputs).
 
         Shiryaev-Roberts over batches: R <- (R + m) x LR, i.e. a new candidate change point per item of the batch.
         R is kept on the linear scale and capped at exp(threshold + 2): the cap sits above the threshold, so it
         never changes when a detector first crosses it, and it lets a long-firing detector come down soon after
-        the shift ends. The log-LR is capped there too, before exp.
+        the shift ends. The log-LR is capped there too, before exp, and floored at -700 nats.
         """
         self._touch()
+        if self._since >= REFRESH_ITEMS:
+            self._refresh()
         cap = self.threshold + _CAP_NATS
         ecap = math.exp(cap)
+        f_up, f_dn, f_act = self._absent_factors(m, cap)
         if self._prev:
-            self._prevalence_step(m, presence, cap, ecap)
-            self._alpha += presence  # the null learns from the batch after testing it
+            self._prevalence_step(m, where, k, f_up, f_dn, cap, ecap)
+            self._alpha[where] += k
             self._total += m
         if self._act and self._ns:
-            self._activation_step(m, s, s if s_up is None else s_up, cap, ecap)
+            self._activation_step(m, where, s, s_up, f_act, cap, ecap)
         self._n += m
-        self._wsum += s
-        self._wsq += sq
+        self._wsum[where] += s
+        self._wsq[where] += sq
         self.n_items += m
+        self._since += m
 
-    def _dead_points(self, m: int) -> np.ndarray:
-        """Per batch size m: the t = shift x b / sd from which each up-activation row goes dead (``_dead_from``)."""
-        got = self._dead.get(m)
+    def _refresh(self, snapshot: tuple | None = None) -> None:
+        """Fix the null from ``snapshot`` (alpha, total, n, wsum, wsq in internal order; default: the counts now):
+        the predictive rate and its log-odds pieces, the activation mean, variance, ranges and shift sizes, and
+        the per-item log-LR of a concept absent from a batch, a[h] (the batch's log-LR is then m x a[h])."""
+        if snapshot is None:
+            snapshot = (self._alpha.copy(), self._total, self._n, self._wsum.copy(), self._wsq.copy())
+        self._null = snapshot
+        alpha, total, n, wsum, wsq = snapshot
+        ns = self._ns
+        rate = alpha / total if total > 0 else np.zeros_like(alpha)
+        with np.errstate(divide="ignore"):
+            lq = np.log1p(-rate)
+            # k log(p1 / p) per present item, p1 = 1 - (1 - p)^e: (8, concepts), the fall rows used on [:ns]
+            self._log_odds = np.log(-np.expm1(_EXPONENTS * lq)) - np.log(rate)
+        self._a_prev = (_EXPONENTS - 1.0) * lq  # (8, concepts): per absent item
+        self._lq = lq
+        mu = wsum[:ns] / max(n, 1)
+        var = np.maximum(wsq[:ns] / max(n, 1) - mu * mu, 1e-300)
+        lam = _SHIFTS / np.sqrt(var)  # (shift, concept)
+        b = np.stack([np.maximum(self._wmax[:ns] - mu, 1e-12), np.maximum(mu, 1e-12)])  # one-sided ranges
+        u = np.minimum(lam[None] * b[:, None], 700.0)  # (direction, shift, concept)
+        v = var / (b * b)
+        psi = v[:, None] * np.expm1(u) - v[:, None] * u  # Bennett's m var/b^2 (e^{lam b} - 1 - lam b), per item
+        self._mu, self._lam, self._psi = mu, lam, psi
+        # absent: S = 0, so the deviation is -m mu (up) or +m mu (down)
+        self._a_act = np.stack([-lam * mu - psi[0], lam * mu - psi[1]])
+        self._since = 0
+        self._factors: dict[tuple[int, float], tuple] = {}
+
+    def _absent_factors(self, m: int, cap: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """exp(clip(m a, -700, cap)) of every detector for a concept absent from a batch of m items: prevalence up
+        (4, concepts), down (4, supported), activation (2, 4, supported); cached per batch size and cap."""
+        got = self._factors.get((m, cap))
         if got is None:
-            if len(self._dead) >= _FACTOR_CACHE:
-                self._dead.pop(next(iter(self._dead)))
-            got = self._dead[m] = np.array([_dead_from(d, m) for d in MEAN_SHIFTS])
+            ns = self._ns
+            f_prev = np.exp(np.clip(m * self._a_prev, _FLOOR_NATS, cap))
+            f_act = np.exp(np.clip(m * self._a_act, _FLOOR_NATS, cap))
+            if len(self._factors) >= _FACTOR_CACHE:
+                self._factors.pop(next(iter(self._factors)))
+            got = self._factors[(m, cap)] = (np.ascontiguousarray(f_prev[:_NF]),
+                                             np.ascontiguousarray(f_prev[_NF:, :ns]), f_act)
         return got
 
-    def _prevalence_step(self, m: int, presence: np.ndarray, cap: float, ecap: float) -> None:
-        """log LR = k log(p1 / p) + (m - k) (e - 1) log(1 - p), p the Beta predictive rate before the batch and
-        p1 = 1 - (1 - p)^e the alternative that follows it. For k = 0 the ratio is (1 - p)^(m (e - 1)): with
-        x = m log(1 - p), the rises' four are exp(x / 2) and its square, fourth and eighth power, the falls' four
-        are powers of exp(-x / 8) (exponents 2, 4, 6, 7) -- two exps per concept for eight factors. The concepts of
-        the batch, and the rare ones where a factor could pass the floor or the cap, get the full formula."""
+    def _prevalence_step(self, m: int, where: np.ndarray, k: np.ndarray, f_up: np.ndarray, f_dn: np.ndarray,
+                         cap: float, ecap: float) -> None:
+        """log LR = k log(p1 / p) + (m - k) (e - 1) log(1 - p), p the null's predictive rate and p1 = 1 - (1 - p)^e
+        the alternative that follows it. Every detector takes the absent-concept factor; the concepts of the batch
+        then get theirs from the R they had before it."""
         ns = self._ns
-        rate = self._alpha / self._total
-        lq = np.log1p(-rate)
-        x = lq * m  # <= 0
-        l_up, l_dn = self._l_up, self._l_dn
-        np.exp(x * 0.5, out=l_up[0])  # e = 1.5
-        np.multiply(l_up[0], l_up[0], out=l_up[1])  # e = 2
-        np.multiply(l_up[1], l_up[1], out=l_up[2])  # e = 3
-        np.multiply(l_up[2], l_up[2], out=l_up[3])  # e = 5
-        if ns:
-            h = np.exp(x[:ns] * -0.125)
-            np.multiply(h, h, out=l_dn[0])  # e = 3/4: (1 - p)^(-m/4)
-            np.multiply(l_dn[0], l_dn[0], out=l_dn[1])  # e = 1/2
-            np.multiply(l_dn[1], l_dn[0], out=l_dn[2])  # e = 1/4
-            np.multiply(l_dn[2], h, out=l_dn[3])  # e = 1/8
-        # the full formula where the batch has the concept, where exp(4x) (the smallest factor) could pass the floor,
-        # and where exp(-7x/8) (the largest) could pass the cap
-        exact = presence > 0
-        low = 4.0 * float(x.min(initial=0.0)) < _FLOOR_NATS
-        if low:
-            exact |= x < _FLOOR_NATS / 4.0
-        if ns and -0.875 * float(x[:ns].min()) > cap:
-            exact[:ns] |= x[:ns] < cap / -0.875
-        where = np.flatnonzero(exact)
-        if len(where):
-            k = presence[where]
-            lqw = lq[where]
-            # k (log p1 - log p) + (m - k) (e - 1) log(1 - p), p1 = -expm1(e log(1 - p))
-            ew = _EXPONENTS * lqw
-            llr = np.log(-np.expm1(ew))
-            llr -= np.log(rate[where])
-            llr *= k
-            llr += (m - k) * (ew - lqw)
-            np.clip(llr, _FLOOR_NATS, cap, out=llr)
-            np.exp(llr, out=llr)
-            n_sup = int(np.searchsorted(where, ns))  # supported concepts come first
-            for i in range(_NF):
-                l_up[i, where] = llr[i]
-                l_dn[i, where[:n_sup]] = llr[_NF + i, :n_sup]
-        for h, (r, lr) in enumerate(((self._r_up, l_up), (self._r_dn, l_dn))):
+        n_sup = int(np.searchsorted(where, ns))  # supported concepts come first
+        llr = np.take(self._log_odds, where, axis=1)
+        llr *= k
+        llr += (m - k) * np.take(self._a_prev, where, axis=1)
+        np.clip(llr, _FLOOR_NATS, cap, out=llr)
+        np.exp(llr, out=llr)
+        for h, (r, f, rows, cols) in enumerate(((self._r_up, f_up, slice(0, _NF), where),
+                                                (self._r_dn, f_dn, slice(_NF, 2 * _NF), where[:n_sup]))):
             r += m
-            r *= lr
+            before = np.take(r, cols, axis=1)
+            r *= f
+            before *= llr[rows, :len(cols)]
+            r[:, cols] = before
             self._rowmax[h] = self._capped(r, ecap)
 
     @staticmethod
@@ -444,61 +454,28 @@ class SequentialConceptTest:
             top = np.minimum(top, ecap)
         return top
 
-    def _activation_step(self, m: int, s: np.ndarray, s_up: np.ndarray, cap: float, ecap: float) -> None:
+    def _activation_step(self, m: int, where: np.ndarray, s: np.ndarray, s_up: np.ndarray, f_act: np.ndarray,
+                         cap: float, ecap: float) -> None:
         """log of Bennett supermartingale factors for the mean weight, up and down, one row per shift size:
-        lam (S - m mu) - m var/b^2 (e^{lam b} - 1 - lam b), lam = shift / sd, b the one-sided range. The up test
-        sees weights clipped at the reference maximum (``s_up``), which only lowers their mean."""
-        ns, n = self._ns, self._n
-        mu = self._wsum[:ns] / n
-        var = self._wsq[:ns] / n
-        var -= mu * mu
-        np.maximum(var, 1e-300, out=var)
-        sd = np.sqrt(var)
-        lam = _SHIFTS / sd  # (shift, concept)
-        dead = self._dead_points(m)
-        # one-sided ranges: up to the reference maximum, down to zero; deviations signed so that both grow with
-        # evidence against the null
-        sides = ((np.maximum(self._wmax[:ns] - mu, 1e-12), s_up[:ns] - m * mu),
-                 (np.maximum(mu, 1e-12), m * mu - s[:ns]))
-        for d, (b, dev) in enumerate(sides):
+        lam (S - m mu) - m var/b^2 (e^{lam b} - 1 - lam b), lam = shift / sd, b the one-sided range (the null's
+        moments as of its last refresh). The up test sees weights clipped at the reference maximum (``s_up``),
+        which only lowers their mean. Concepts absent from the batch take the cached factor."""
+        n_sup = int(np.searchsorted(where, self._ns))
+        cols = where[:n_sup]
+        mu = self._mu[cols]
+        lam = self._lam[:, cols]
+        devs = (s_up[:n_sup] - m * mu, m * mu - s[:n_sup])
+        for d in range(2):
             r = self._r_act[d]
-            a = b / sd  # lam b / shift
-            top = float(a.max())
-            rows = _NK
-            if d == 0:
-                # an up row whose factor is below exp(-800) for every concept whatever the batch holds is set to
-                # R = 0, as the direct update does (it multiplies by exp(-800) = 0.0); from the largest shift down
-                low = float(a.min())
-                while rows and MEAN_SHIFTS[rows - 1] * low >= dead[rows - 1] and MEAN_SHIFTS[rows - 1] * top <= 700.0:
-                    rows -= 1
-                    if self._rowmax[2][rows] != 0.0:
-                        r[rows] = 0.0
-            if not rows:
-                continue
-            lam_r = lam[:rows]
-            v = var / (b * b)
-            if MEAN_SHIFTS[rows - 1] * top * (1.0 + 1e-12) < 700.0 and _DOUBLING:
-                # e^{2x} - 1 = (e^x - 1)(e^x + 1): one expm1 per concept, the larger shifts by doubling; and with
-                # u = lam b unclipped, lam dev - m v (E - u) = lam (dev + m v b) - m v E
-                e = np.empty((rows, ns))
-                np.expm1(lam_r[0] * b, out=e[0])
-                for i in range(1, rows):
-                    np.multiply(e[i - 1], e[i - 1] + 2.0, out=e[i])
-                e *= m * v
-                llr = lam_r * (dev + m * var / b)
-                llr -= e
-            else:
-                u = np.minimum(lam_r * b, 700.0)
-                psi = v * np.expm1(u)
-                psi -= v * u
-                llr = lam_r * dev
-                llr -= m * psi
+            r += m
+            before = np.take(r, cols, axis=1)
+            r *= f_act[d]
+            llr = lam * devs[d]
+            llr -= m * self._psi[d][:, cols]
             np.clip(llr, _FLOOR_NATS, cap, out=llr)
-            rr = r[:rows]
-            rr += m
-            rr *= np.exp(llr, out=llr)
-            top_rows = self._capped(rr, ecap)
-            self._rowmax[2 + d] = np.concatenate([top_rows, np.zeros(_NK - rows)])
+            before *= np.exp(llr, out=llr)
+            r[:, cols] = before
+            self._rowmax[2 + d] = self._capped(r, ecap)
 
     # -- reading ------------------------------------------------------------------------------------------------
     @property
@@ -531,6 +508,30 @@ class SequentialConceptTest:
             with np.errstate(divide="ignore"):
                 out[i] = np.maximum(np.log(blk[:, [p]].sum(axis=0) / len(blk)), 0.0)[0]
         return out
+
+    def firing_keys(self) -> tuple[np.ndarray, np.ndarray]:
+        """(hypothesis rows, concept indices) where ``evidence >= threshold`` now, sorted like ``np.nonzero`` of
+        ``fire``, without the logs of every concept: a block's mixtures are summed, and only those at or above
+        exp(threshold) (less a rounding slack) take the log that decides, the same arithmetic as ``evidence``."""
+        thr = self.threshold
+        bar = math.exp(thr) * (1.0 - _SCREEN_SLACK)
+        on = (self._prev, self._prev, self._act, self._act)
+        hs, js = [], []
+        for h, blk in enumerate(self._blocks()):
+            if not on[h] or not blk.size or self._rowmax[h].sum() < bar * len(blk):
+                continue
+            mix = blk.sum(axis=0) / len(blk)
+            near = np.flatnonzero(mix >= bar)
+            with np.errstate(divide="ignore"):
+                hit = near[np.maximum(np.log(mix[near]), 0.0) >= thr]
+            j = self._concepts[hit]
+            hs.append(np.full(len(j), h, dtype=np.int64))
+            js.append(j)
+        if not hs:
+            return np.zeros(0, np.int64), np.zeros(0, np.int64)
+        h, j = np.concatenate(hs), np.concatenate(js)
+        order = np.lexsort((j, h))
+        return h[order], j[order]
 
     def _any_fire(self) -> bool:
         """Whether some tested hypothesis has evidence >= threshold, without the logs of every concept: a mixture
@@ -571,7 +572,11 @@ class SequentialConceptTest:
         return {"n_concepts": self.n_concepts, "ready": self.ready, "idx": self.idx, "alpha": alpha,
                 "beta": self._total - alpha, "n": self._n, "wsum": self._dense(self._wsum),
                 "wsq": self._dense(self._wsq), "wmax": self._dense(self._wmax), "r": self._dense_r(),
-                "n_items": self.n_items, "tested": self.tested, "on": on, "spend": self.spend}
+                "n_items": self.n_items, "tested": self.tested, "on": on, "spend": self.spend,
+                # the snapshot the null was last refreshed from, and the items since
+                "null_alpha": self._dense(self._null[0]), "null_total": self._null[1], "null_n": self._null[2],
+                "null_wsum": self._dense(self._null[3]), "null_wsq": self._dense(self._null[4]),
+                "since": self._since}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if int(state["n_concepts"]) != self.n_concepts:
@@ -585,8 +590,13 @@ class SequentialConceptTest:
             raise ValueError("state: alpha + beta must be the same for every concept (items seen + 2 x prior)")
         # the fall and activation rows test the same concepts: those the reference supported
         supported = (tested[1] | tested[2] | tested[3])[idx] if len(idx) else np.zeros(0, dtype=bool)
-        self._install(idx, supported, alpha, float(total[0]) if len(total) else 0.0, int(state["n"]), state["wsum"], state["wsq"], state["wmax"], state["r"],
-                      tested)
+        null = None
+        if "null_alpha" in state:  # a state saved before the null was refreshed in steps has none: refresh now
+            null = (state["null_alpha"], float(state["null_total"]), int(state["null_n"]), state["null_wsum"],
+                    state["null_wsq"])
+        self._install(idx, supported, alpha, float(total[0]) if len(total) else 0.0, int(state["n"]),
+                      state["wsum"], state["wsq"], state["wmax"], state["r"], tested, null,
+                      int(state.get("since", 0)))
         self.ready = bool(state["ready"])
         self.n_items = int(state["n_items"])
         self.spend = float(state["spend"])

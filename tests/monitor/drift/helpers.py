@@ -8,7 +8,7 @@ import math
 import numpy as np
 
 from monitor.drift.detectors import HYPOTHESES, DriftConfig
-from monitor.drift.sequential import _CAP_NATS, FALL_FACTORS, MEAN_SHIFTS, RATE_FACTORS
+from monitor.drift.sequential import _CAP_NATS, FALL_FACTORS, MEAN_SHIFTS, RATE_FACTORS, REFRESH_ITEMS
 from monitor.records import SparseCodes
 
 
@@ -30,6 +30,11 @@ class DirectSequential:
         self.tested = np.array(state["tested"])
         self.on = np.array(state["on"])
         self.spend = float(state["spend"])
+        # the null as of its last refresh: (alpha, beta, n, wsum, wsq), refreshed once REFRESH_ITEMS items passed
+        total = float(state["null_total"])
+        self.null = (np.array(state["null_alpha"]), total - np.array(state["null_alpha"]), int(state["null_n"]),
+                     np.array(state["null_wsum"]), np.array(state["null_wsq"]))
+        self.since = int(state["since"])
 
     @property
     def threshold(self) -> float:
@@ -51,8 +56,12 @@ class DirectSequential:
     def step(self, m, presence, s, sq, s_up) -> None:
         absent = m - presence
         rows = []
+        if self.since >= REFRESH_ITEMS:
+            self.null = (self.alpha.copy(), self.beta.copy(), self.n, self.wsum.copy(), self.wsq.copy())
+            self.since = 0
+        n_alpha, n_beta, n_n, n_wsum, n_wsq = self.null
         if "prevalence" in self.kinds:
-            rate = self.alpha / (self.alpha + self.beta)  # the predictive rate p before the batch
+            rate = n_alpha / (n_alpha + n_beta)  # the predictive rate p as of the last refresh
             for e in RATE_FACTORS + FALL_FACTORS:
                 # the alternative follows it: an item lacks the concept with probability (1 - p)^e
                 p1 = -np.expm1(e * np.log1p(-rate))
@@ -62,8 +71,8 @@ class DirectSequential:
         else:
             rows.append(np.full((2 * len(RATE_FACTORS), len(self.idx)), -np.inf))
         if "activation" in self.kinds:
-            mu = self.wsum / self.n
-            var = np.maximum(self.wsq / self.n - mu * mu, 1e-300)
+            mu = n_wsum / n_n
+            var = np.maximum(n_wsq / n_n - mu * mu, 1e-300)
             sd = np.sqrt(var)
             with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
                 for sign, b, dev in ((1.0, np.maximum(self.wmax - mu, 1e-12), s_up - m * mu),
@@ -76,6 +85,7 @@ class DirectSequential:
         else:
             rows.append(np.full((2 * len(MEAN_SHIFTS), len(self.idx)), -np.inf))
         self.n += m
+        self.since += m
         self.wsum += s
         self.wsq += sq
         log_lr = np.where(self.on, np.concatenate(rows), -np.inf)

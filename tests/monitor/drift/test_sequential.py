@@ -212,7 +212,10 @@ def test_state_round_trip_continues_exactly():
         np.testing.assert_array_equal(value, b.state_dict()[key])
 
 
-def test_alarms_are_the_same_when_quiet_batches_read_only_the_active_evidence(monkeypatch):
+@pytest.mark.parametrize("floor", [0.0, 0.01])
+def test_alarms_are_the_same_when_quiet_batches_read_only_the_active_evidence(monkeypatch, floor):
+    """Quiet batches read the evidence, and build the reported figures and gates, at the active alarms' concepts
+    only: the alarms (figures of the resolved records included) are the same as from the full arrays."""
     import monitor.drift.monitor as monitor_mod
 
     js = np.argsort(PROFILE.prevalence)[-6:]
@@ -220,7 +223,7 @@ def test_alarms_are_the_same_when_quiet_batches_read_only_the_active_evidence(mo
               Shift(int(js[2]), 12_000, "activation", 4.0)]
     batches = _batches(16_000, shifts, seed=13)
     cfg = MonitorConfig(window=WindowConfig(size=1000), reference=ReferenceConfig(n_images=10_000),
-                        drift=DriftConfig(ert=2_000, clear_steps=1))
+                        drift=DriftConfig(ert=2_000, clear_steps=1, min_prevalence_change=floor))
     runs = []
     for narrow in (True, False):
         monkeypatch.setattr(monitor_mod, "_ACTIVE_ONLY", narrow)
