@@ -34,16 +34,13 @@ from monitor.drift.detectors import HYPOTHESES, DriftConfig
 from monitor.drift.stats import WindowStats
 from monitor.records import SparseCodes
 
-__all__ = ["RATE_FACTORS", "FALL_FACTORS", "MEAN_SHIFTS", "REFRESH_ITEMS", "SequentialResult",
+__all__ = ["RATE_FACTORS", "FALL_FACTORS", "MEAN_SHIFTS", "REFRESH_FRACTION", "SequentialResult",
            "SequentialConceptTest"]
 
-# Alternatives mixed with equal weights. Prevalence: the alternative follows the null's predictive rate p (learned
-# from the reference and the stream before the batch): an item lacks the concept with probability (1 - p)^e, so the
-# alternative rate is 1 - (1 - p)^e, about e x p for a rare concept and never above 1. Rises use e in RATE_FACTORS,
-# falls e in FALL_FACTORS. The fast update takes the absent-item factors (1 - p)^(m (e - 1)) of all eight from two
-# exps by squaring, so these exact grids are what it is written for (a test checks it against the direct update).
-# Mean activation: a mean moved by one of MEAN_SHIFTS standard deviations. A mixture costs log(len) nats of
-# threshold and adapts to the size of the shift.
+# Alternatives mixed with equal weights. Prevalence: the alternative follows the null's predictive rate p: an item
+# lacks the concept with probability (1 - p)^e, i.e. rate 1 - (1 - p)^e (about e x p when rare, never above 1); rises
+# use e in RATE_FACTORS, falls in FALL_FACTORS. Activation: a mean moved by MEAN_SHIFTS standard deviations.
+# A mixture costs log(len) nats of threshold and adapts to the size of the shift.
 RATE_FACTORS: tuple[float, ...] = (1.5, 2.0, 3.0, 5.0)
 FALL_FACTORS: tuple[float, ...] = (0.75, 0.5, 0.25, 0.125)
 MEAN_SHIFTS: tuple[float, ...] = (0.1, 0.2, 0.4, 0.8)
@@ -59,15 +56,16 @@ _EXPONENTS = np.array(RATE_FACTORS + FALL_FACTORS)[:, None]  # (8, 1): e of each
 # Relative slack of the "can anything fire" screen, far above the rounding of a sum of four terms and a log.
 _SCREEN_SLACK = 1e-9
 _FACTOR_CACHE = 4  # (batch size, cap) pairs whose absent-concept factors are kept
-# Factors are floored at exp(-700) ~ 1e-304. R enters the next batch only through R + m (m >= 1), where anything
-# below 1e-16 m vanishes, and a mixture below 1 has evidence 0: R = 1e-304 and R = 0 are the same detector. The floor
-# keeps the arithmetic off subnormal numbers and the slow paths of exp, each 10-100x slower per element.
+# Factors are floored at exp(-700) ~ 1e-304: R enters the next batch only through R + m, so R = 1e-304 and R = 0 are
+# the same detector, and the floor keeps the arithmetic off subnormal numbers (10-100x slower per element).
 _FLOOR_NATS = -700.0
-# The null (predictive rate, activation mean and variance) is refreshed from everything seen once this many items
-# have passed since its last refresh, not at every batch: it stays a function of the past only (what the martingale
-# argument needs), and between refreshes a concept absent from a batch has a likelihood ratio that depends only on
-# the batch size, computed once per size -- so a batch costs work only for the concepts it holds.
-REFRESH_ITEMS = 1000
+# The null (predictive rate, activation mean and variance) is refreshed from everything seen once the items since
+# its last refresh reach this fraction of the items it was built from (reference and stream), not at every batch:
+# it stays a function of the past only (what the martingale argument needs), it moves by a few percent at most
+# between refreshes (a small reference is refreshed at every batch, a 20,000-item one every 1,000 items), and
+# between refreshes a concept absent from a batch has a likelihood ratio that depends only on the batch size,
+# computed once per size -- so a batch costs exact work only for the concepts it holds.
+REFRESH_FRACTION = 0.05
 
 
 def _config_dict(cfg: DriftConfig) -> dict[str, Any]:
@@ -121,15 +119,14 @@ class SequentialConceptTest:
     ``set_reference(stats)`` fixes the null (a concept is tested when the reference saw it in at least
     ``min_support`` images); ``update(codes)`` folds one committed batch in and returns a :class:`SequentialResult`.
 
-    Cost per batch. Every tested detector moves at every batch (the null learns from absences too), so the work is
-    one pass over the tested detectors, kept small: concepts are stored with the supported ones first, so the fall
-    and activation detectors are contiguous slices of only the concepts they test; a prevalence detector's
-    likelihood ratio for a concept absent from the batch is a power of (1 - p)^m, the eight of a concept come from
-    two exps by squaring, so only the concepts present in the batch (and the rare ones whose factor could pass the
-    floor or the cap) take the exact formula; the
-    evidence (a log per concept and kind) is computed only when read, and whether anything fires is decided from
-    the largest R of each detector row first. docs/drift.md (§4, "Cost") gives the equalities this rests on;
-    tests/monitor/drift/test_sequential.py checks them against the direct update on random streams.
+    Cost per batch. The null is refreshed in steps (``REFRESH_FRACTION``), and between refreshes a concept absent
+    from a batch has a likelihood ratio that depends only on the batch size: it is computed once per refresh and
+    size, and a batch multiplies every tested detector by it; only the concepts the batch holds take the exact
+    formulas. Concepts are stored with the supported ones first, so the fall and activation detectors are
+    contiguous slices of only the concepts they test; the evidence (a log per concept and kind) is computed only
+    when read, and whether anything fires is decided from the largest R of each detector row first. docs/drift.md
+    (§4, "Cost") gives the reasoning; tests/monitor/drift/test_sequential.py checks the update against the direct
+    one on random streams.
     """
 
     def __init__(self, n_concepts: int, config: DriftConfig | None = None) -> None:
@@ -364,7 +361,7 @@ class SequentialConceptTest:
         the shift ends. The log-LR is capped there too, before exp, and floored at -700 nats.
         """
         self._touch()
-        if self._since >= REFRESH_ITEMS:
+        if self._since >= REFRESH_FRACTION * self._null[2]:
             self._refresh()
         cap = self.threshold + _CAP_NATS
         ecap = math.exp(cap)

@@ -8,7 +8,7 @@ import math
 import numpy as np
 
 from monitor.drift.detectors import HYPOTHESES, DriftConfig
-from monitor.drift.sequential import _CAP_NATS, FALL_FACTORS, MEAN_SHIFTS, RATE_FACTORS, REFRESH_ITEMS
+from monitor.drift.sequential import _CAP_NATS, FALL_FACTORS, MEAN_SHIFTS, RATE_FACTORS, REFRESH_FRACTION
 from monitor.records import SparseCodes
 
 
@@ -30,7 +30,7 @@ class DirectSequential:
         self.tested = np.array(state["tested"])
         self.on = np.array(state["on"])
         self.spend = float(state["spend"])
-        # the null as of its last refresh: (alpha, beta, n, wsum, wsq), refreshed once REFRESH_ITEMS items passed
+        # the null as of its last refresh: (alpha, beta, n, wsum, wsq), refreshed once REFRESH_FRACTION x its n items passed
         total = float(state["null_total"])
         self.null = (np.array(state["null_alpha"]), total - np.array(state["null_alpha"]), int(state["null_n"]),
                      np.array(state["null_wsum"]), np.array(state["null_wsq"]))
@@ -56,7 +56,7 @@ class DirectSequential:
     def step(self, m, presence, s, sq, s_up) -> None:
         absent = m - presence
         rows = []
-        if self.since >= REFRESH_ITEMS:
+        if self.since >= REFRESH_FRACTION * self.null[2]:
             self.null = (self.alpha.copy(), self.beta.copy(), self.n, self.wsum.copy(), self.wsq.copy())
             self.since = 0
         n_alpha, n_beta, n_n, n_wsum, n_wsq = self.null
