@@ -4,7 +4,9 @@ of the driver or by Ray restarting the aggregator actor.
 One checkpoint is: the monitor state (open windows, the fixed reference, the alarm book; ``.npz``, no pickle), the
 commit ledger (``workers/ledger.py``: which batches are applied, recent ids) as JSON, and a record naming both with
 the counters, the source position after the last applied batch and the references of items that are counted but
-whose acknowledgement at the source may not have happened yet (a restart skips them when they are delivered again).
+whose acknowledgement at the source may not have happened yet (a restart skips them when they are delivered again),
+and the dead letters of the batches it covers that are not yet published (published right after the record is saved,
+and again, idempotently, when a restore finds the record).
 Files are written under fresh names first and the record replaces the previous one atomically, so a crash at any
 point leaves the previous complete checkpoint or the new one.
 """
@@ -20,6 +22,7 @@ import uuid
 from typing import Any
 
 from monitor.errors import ConfigError
+from workers.deadletter import letters_from_bytes, letters_to_bytes
 from workers.ledger import CommitLedger
 
 __all__ = ["save_checkpoint", "load_checkpoint", "derive_job_id"]
@@ -95,15 +98,25 @@ def save_checkpoint(core: Any, job_id: str, position: dict | None = None, *, don
     # through the store, so the state lives wherever the history does (local disk or an object store)
     history.write_checkpoint_file(monitor_name, _monitor_to_bytes(core.monitor))
     history.write_checkpoint_file(ledger_name, json.dumps(core.ledger.state()).encode())
+    # the dead letters of batches 1..k, kept since the last checkpoint: saved with it, published right after it
+    letters = core.sink.take_pending()
+    letters_name = f"{job_id}.letters-{tag}.letters" if letters else None
+    if letters_name:
+        history.write_checkpoint_file(letters_name, letters_to_bytes(letters))
     history.set_checkpoint(job_id, {
         "source": position, "monitor_state": monitor_name, "ledger_state": ledger_name, "through_seq": through,
         "run": run, "redelivered_refs": skip, "images": core.counted, "dead_letters": dict(core.sink.counts),
         "windows_closed": core.windows_closed, "alarms": core.alarm_count, "alarms_resolved": core.alarms_resolved,
         "batches": core.batches, "nonconverged": core.nonconverged, "streams": dict(core.streams),
-        "done": bool(done), "saved_at": time.time()})
-    for key in ("monitor_state", "ledger_state"):
+        "done": bool(done), "saved_at": time.time(), "dead_letters_state": letters_name,
+        "dead_letters_tag": f"{job_id}:{tag}"})
+    if letters:
+        # after the record: a crash before this line republishes from the record on restore, and publishing under
+        # the same tag again writes nothing twice
+        core.sink.publish(letters, tag=f"{job_id}:{tag}")
+    for key in ("monitor_state", "ledger_state", "dead_letters_state"):
         old = previous.get(key)
-        if old and old not in (monitor_name, ledger_name):
+        if old and old not in (monitor_name, ledger_name, letters_name):
             history.delete_checkpoint_file(old)
     return {"through_seq": through}
 
@@ -115,6 +128,10 @@ def load_checkpoint(core: Any, job_id: str, *, restart: bool = False, run: str =
     history = core.history
     if history is None:
         raise ConfigError("checkpoints need a history store (--history)")
+    # from now on letters wait for a checkpoint; those kept before (batches after the checkpoint, which the driver
+    # commits again) are dropped with the rest of the state
+    core.sink.staging = True
+    core.sink.pending.clear()
     if restart:
         history.clear_checkpoint(job_id)
         return None
@@ -151,4 +168,7 @@ def load_checkpoint(core: Any, job_id: str, *, restart: bool = False, run: str =
     core.nonconverged = int(cp.get("nonconverged", 0))
     core.streams.clear()
     core.streams.update({k: int(v) for k, v in (cp.get("streams") or {}).items()})
+    letters_blob = blob("dead_letters_state")
+    if letters_blob is not None:  # the crash may have come between saving the record and publishing its letters
+        core.sink.publish(letters_from_bytes(letters_blob), tag=str(cp.get("dead_letters_tag")))
     return cp

@@ -4,6 +4,13 @@
 writes Parquet part files atomically (temp file + fsync + rename) into a directory; no URI keeps only counts and the
 last few letters in memory for the run summary. ``write`` returns only once its letters are durable (or raises), so
 the source can acknowledge the batch that produced them right after.
+
+A checkpointed run (``staging``) writes letters exactly once instead: ``write`` only counts and keeps them, the
+aggregator's checkpoint saves them with its state, and once the checkpoint is saved ``publish`` writes them under
+the checkpoint's tag, idempotently (a Parquet file named by the tag; a Redis script that adds the letters and the
+tag in one step and does nothing when the tag is already there). A crash before the checkpoint loses nothing: its
+batches are delivered again and produce the same letters; a crash after it republishes from the checkpoint, which
+changes nothing the second time (docs/pipeline.md, "Delivery guarantee per source and sink").
 """
 
 from __future__ import annotations
@@ -20,7 +27,8 @@ from monitor.errors import ConfigError, PipelineError
 from monitor.uris import redact_text, redact_uri
 from workers.items import DeadLetter
 
-__all__ = ["DeadLetterSink", "MemorySink", "ParquetSink", "RedisSink", "open_sink", "read_parquet_dead_letters"]
+__all__ = ["DeadLetterSink", "MemorySink", "ParquetSink", "RedisSink", "open_sink", "read_parquet_dead_letters",
+           "letters_to_bytes", "letters_from_bytes"]
 
 FIELDS = ("item_id", "stream", "timestamp", "reason", "detail", "ref")
 
@@ -31,18 +39,34 @@ class DeadLetterSink:
     def __init__(self, keep: int = 20) -> None:
         self.counts: Counter[str] = Counter()
         self.recent: deque[DeadLetter] = deque(maxlen=keep)
+        self.staging = False  # a checkpointed run: keep letters for the checkpoint, publish them after it
+        self.pending: list[DeadLetter] = []
 
     def write(self, letters: Iterable[DeadLetter]) -> int:
         # The last line of defence: whatever a source put in ref or detail, no URI password is ever persisted.
         letters = [dataclasses.replace(d, ref=redact_uri(d.ref), detail=redact_text(d.detail)) for d in letters]
         if letters:
-            self._persist(letters)
+            if self.staging:
+                self.pending.extend(letters)
+            else:
+                self._persist(letters)
             for dl in letters:
                 self.counts[dl.reason] += 1
                 self.recent.append(dl)
         return len(letters)
 
-    def _persist(self, letters: list[DeadLetter]) -> None:
+    def take_pending(self) -> list[DeadLetter]:
+        """The letters kept since the last checkpoint (now to be saved with the next one)."""
+        letters, self.pending = self.pending, []
+        return letters
+
+    def publish(self, letters: list[DeadLetter], tag: str) -> None:
+        """Write ``letters`` (already redacted and counted) exactly once under ``tag``: calling it again with the same
+        tag, after a crash or a lost reply, writes nothing more."""
+        if letters:
+            self._persist(letters, tag=tag)
+
+    def _persist(self, letters: list[DeadLetter], tag: str | None = None) -> None:
         pass
 
     def flush(self) -> None:
@@ -78,7 +102,7 @@ class ParquetSink(DeadLetterSink):
         self._run = f"{int(time.time())}-{uuid.uuid4().hex[:8]}"
         self._part = 0
 
-    def _persist(self, letters: list[DeadLetter]) -> None:
+    def _persist(self, letters: list[DeadLetter], tag: str | None = None) -> None:
         import pyarrow as pa
         import pyarrow.parquet as pq
 
@@ -91,7 +115,9 @@ class ParquetSink(DeadLetterSink):
             "ref": pa.array([d.ref for d in letters], pa.string()),
             "written_at": pa.array([time.time()] * len(letters), pa.float64()),
         })
-        final = self.root / f"deadletters-{self._run}-{self._part:06d}.parquet"
+        # a tagged part has the tag's name, so publishing it again replaces it with the same letters
+        final = self.root / (f"deadletters-{_safe(tag)}.parquet" if tag else
+                             f"deadletters-{self._run}-{self._part:06d}.parquet")
         buffer = pa.BufferOutputStream()
         pq.write_table(table, buffer)
         try:
@@ -101,7 +127,8 @@ class ParquetSink(DeadLetterSink):
         except OSError as exc:
             raise PipelineError(f"dead-letter sink {self.root}: cannot write {len(letters)} letter(s) "
                                 f"({type(exc).__name__}: {exc}); the batch is not acknowledged") from exc
-        self._part += 1
+        if not tag:
+            self._part += 1
 
 
 class RedisSink(DeadLetterSink):
@@ -127,18 +154,19 @@ class RedisSink(DeadLetterSink):
         self.max_backoff_s = float(max_backoff_s)
         self.where = redact_uri(url)  # no password in messages
 
-    def _persist(self, letters: list[DeadLetter]) -> None:
+    def _persist(self, letters: list[DeadLetter], tag: str | None = None) -> None:
         import redis
 
         t0 = time.monotonic()
         wait = self.backoff_s
         for attempt in range(self.retries + 1):
             try:
+                if tag:
+                    self._publish_once(letters, tag)
+                    return
                 pipe = self.client.pipeline(transaction=True)
                 for d in letters:
-                    pipe.xadd(self.key, {"item_id": d.item_id, "stream": d.stream, "timestamp": repr(d.timestamp),
-                                         "reason": d.reason, "detail": d.detail[:2000], "ref": d.ref},
-                              maxlen=self.maxlen, approximate=True)
+                    pipe.xadd(self.key, _fields(d), maxlen=self.maxlen, approximate=True)
                 pipe.execute()
                 return
             except (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError) as exc:
@@ -151,11 +179,59 @@ class RedisSink(DeadLetterSink):
             f"{time.monotonic() - t0:.1f} s failed ({type(last).__name__}: {str(last).splitlines()[0][:160]}); "
             f"the batch is not acknowledged and will be delivered again") from last
 
+    def _publish_once(self, letters: list[DeadLetter], tag: str) -> None:
+        """XADD every letter and record ``tag`` in the hash ``<stream>:published`` (field: the tag's job part), all
+        in one script, which Redis runs atomically (and logs to its append-only file as one unit); a tag already
+        recorded means these letters are in the stream, so nothing is added again."""
+        job, _, _ = tag.rpartition(":")
+        args = [job or tag, tag, str(self.maxlen)]
+        for d in letters:
+            for k, v in _fields(d).items():
+                args += [k, v]
+        self.client.eval(_PUBLISH_ONCE, 2, self.key, f"{self.key}:published", *args)
+
     def close(self) -> None:
         try:
             self.client.close()
         except Exception:  # the sink is closing anyway
             pass
+
+
+_PUBLISH_ONCE = """
+if redis.call('HGET', KEYS[2], ARGV[1]) == ARGV[2] then return 0 end
+local i = 4
+while i <= #ARGV do
+  redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[3], '*', unpack(ARGV, i, i + 11))
+  i = i + 12
+end
+redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
+return 1
+"""
+
+
+def _fields(d: DeadLetter) -> dict[str, str]:
+    """A letter as the six fields of its Redis entry (the order the publishing script relies on: 12 values)."""
+    return {"item_id": d.item_id, "stream": d.stream, "timestamp": repr(d.timestamp), "reason": d.reason,
+            "detail": d.detail[:2000], "ref": d.ref}
+
+
+def _safe(tag: str) -> str:
+    import re
+
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", tag)[:200]
+
+
+def letters_to_bytes(letters: list[DeadLetter]) -> bytes:
+    """Letters as JSON (saved in a checkpoint until they are published)."""
+    import json
+
+    return json.dumps([dataclasses.asdict(d) for d in letters]).encode()
+
+
+def letters_from_bytes(data: bytes) -> list[DeadLetter]:
+    import json
+
+    return [DeadLetter(**d) for d in json.loads(data)]
 
 
 def open_sink(uri: str | None, **kwargs) -> DeadLetterSink:

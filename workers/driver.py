@@ -209,7 +209,8 @@ class Pipeline:
 
         if not self.job:
             return None
-        resumed = ray.get(self.aggregator.load_checkpoint.remote(self.job, self.config.restart, run=self.run_token))
+        resumed = _startup_get([self.aggregator.load_checkpoint.remote(self.job, self.config.restart,
+                                                                      run=self.run_token)], "restoring the checkpoint")[0]
         if resumed and resumed.get("source") is not None:
             self.source.resume(resumed["source"])
         self._last_checkpoint = time.monotonic()
@@ -367,7 +368,10 @@ class Pipeline:
                 self.job, None, done, positions=gate.positions(self.flights), refs=gate.refs(self.flights),
                 run=self.run_token))
         except ray.exceptions.RayError as exc:
-            if not actor_died(exc):
+            if not actor_died(exc):  # e.g. the dead-letter sink failed publishing: its typed error, one line
+                cause = _typed_cause(exc)
+                if isinstance(cause, SpliceError):
+                    raise cause from None
                 raise
             self.recover_aggregator()  # the next checkpoint covers what this one would have
             return

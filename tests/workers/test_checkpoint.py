@@ -87,3 +87,61 @@ def test_a_checkpoint_naming_a_missing_state_file_is_a_clear_error(tmp_path):
             p.unlink()
     with pytest.raises(ConfigError, match="names ledger state .* does not hold; rerun with --restart"):
         _core(str(store)).load_checkpoint("job")
+
+
+def _core_with_letters(store: str, dead: str) -> AggregatorCore:
+    return AggregatorCore(AggregatorConfig(monitor=MONITOR, history=store, dead_letter=dead), NAMES, "space")
+
+
+def _with_letters(seq: int) -> Partial:
+    from workers.items import DeadLetter
+
+    part = _partial(seq)
+    return Partial(codes=part.codes, items=part.items, dead_letters=[
+        DeadLetter(item_id=f"bad{seq}-{k}", stream="cam", timestamp=1.0, reason="bad_text", detail="caption is empty",
+                   ref=f"file.parquet#row={seq * 100 + k}") for k in range(2)])
+
+
+def _letter_ids(dead: str) -> list[str]:
+    from workers.deadletter import read_parquet_dead_letters
+
+    return sorted(read_parquet_dead_letters(dead)["item_id"].to_pylist())
+
+
+def test_dead_letters_of_a_checkpointed_run_are_published_once_whatever_crashes_and_replays(tmp_path, monkeypatch):
+    """Issue 11: letters of batches replayed after a crash were written twice. Now they wait for the checkpoint that
+    covers their batch and are published under its tag, so neither a replay nor a republish writes them again."""
+    from workers.deadletter import DeadLetterSink
+
+    store, dead = str(tmp_path / "h"), str(tmp_path / "dead")
+    live = _core_with_letters(store, dead)
+    live.load_checkpoint("job", run="run-A")  # a checkpointed run starts with this, even with no checkpoint yet
+    live.commit(1, _with_letters(1))
+    live.commit(2, _with_letters(2))
+    assert _letter_ids(dead) == []  # kept for the checkpoint, not yet written
+    live.save_checkpoint("job", positions={1: {"row": 10}, 2: {"row": 20}}, run="run-A")
+    assert _letter_ids(dead) == ["bad1-0", "bad1-1", "bad2-0", "bad2-1"]
+    live.commit(3, _with_letters(3))
+    # the checkpoint record of batch 3 is saved, then the process dies before the letters are published
+    monkeypatch.setattr(DeadLetterSink, "publish", lambda self, letters, tag: (_ for _ in ()).throw(OSError("dies")))
+    with pytest.raises(OSError):
+        live.save_checkpoint("job", positions={3: {"row": 30}}, run="run-A")
+    monkeypatch.undo()
+    assert "bad3-0" not in _letter_ids(dead)
+    live.commit(4, _with_letters(4))  # applied after that checkpoint; dies with the process
+    restored = _core_with_letters(store, dead)
+    restored.load_checkpoint("job", run="run-A")  # publishes what the record holds and nothing else
+    assert _letter_ids(dead) == sorted(f"bad{s}-{k}" for s in (1, 2, 3) for k in range(2))
+    _core_with_letters(store, dead).load_checkpoint("job", run="run-A")  # a second restore: no second copy
+    assert restored.commit(3, _with_letters(3)).duplicate
+    assert restored.commit(4, _with_letters(4)).dead_letters == 2  # replayed: its letters come again, once
+    restored.save_checkpoint("job", positions={4: {"row": 40}}, run="run-A")
+    assert _letter_ids(dead) == sorted(f"bad{s}-{k}" for s in (1, 2, 3, 4) for k in range(2))
+    assert restored.summary()["dead_letters"] == {"bad_text": 8}
+
+
+def test_a_run_without_a_checkpoint_writes_its_letters_with_each_commit(tmp_path):
+    dead = str(tmp_path / "dead")
+    core = _core_with_letters(str(tmp_path / "h"), dead)
+    core.commit(1, _with_letters(1))
+    assert _letter_ids(dead) == ["bad1-0", "bad1-1"]

@@ -117,3 +117,26 @@ def test_redis_sink_options_are_checked():
         open_sink("redis://127.0.0.1:6379/0?stream=d&retries=many")
     with pytest.raises(ConfigError, match=r"allowed: \['maxlen', 'retries', 'stream'\]"):
         open_sink("redis://127.0.0.1:6379/0?stream=d&colour=red")
+
+
+@pytest.mark.parametrize("kind", ["parquet", "redis"])
+def test_publishing_under_the_same_tag_again_writes_nothing_more(kind, tmp_path, redis_url, redis_client):
+    """A checkpointed run publishes a checkpoint's letters under its tag, and again after a crash (or a lost Redis
+    reply): the second time must not add a copy."""
+    if kind == "parquet":
+        sink = open_sink(f"parquet://{tmp_path / 'dead'}")
+        read = lambda: read_parquet_dead_letters(str(tmp_path / "dead"))["item_id"].to_pylist()  # noqa: E731
+    else:
+        sink = open_sink(f"{redis_url}?stream=dl-tagged")
+        read = lambda: [f[b"item_id"].decode() for _, f in redis_client.xrange("dl-tagged")]  # noqa: E731
+    sink.staging = True
+    assert sink.write(_letters(3)) == 3 and read() == []  # staged: counted, kept for the checkpoint
+    letters = sink.take_pending()
+    assert len(letters) == 3 and sink.pending == [] and sink.total == 3
+    for _ in range(2):
+        sink.publish(letters, tag="job-a:cp1")
+    assert sorted(read()) == sorted(d.item_id for d in letters)
+    sink.write(_letters(1))
+    sink.publish(sink.take_pending(), tag="job-a:cp2")  # the next checkpoint's letters are new ones
+    assert len(read()) == 4
+    sink.close()
