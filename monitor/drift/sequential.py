@@ -8,6 +8,9 @@ batch; alternative: that rate or mean moved by a factor from a small grid, so th
 no drift R_n minus the number of items seen is a (super)martingale, so the first time any tested hypothesis has
 R >= H x ERT comes after at least ERT items on average (H = the number tested).
 
+Size: one class whose fast update, state layout, reading paths and calibration change together, checked as one
+against the direct update of tests/monitor/drift/helpers.py; split, each half would need the other's internals.
+
 >>> import numpy as np
 >>> from monitor.drift.stats import WindowStats
 >>> from monitor.synthetic.codes import synthetic_stream, Shift
@@ -59,6 +62,9 @@ _FACTOR_CACHE = 4  # (batch size, cap) pairs whose absent-concept factors are ke
 # Factors are floored at exp(-700) ~ 1e-304: R enters the next batch only through R + m, so R = 1e-304 and R = 0 are
 # the same detector, and the floor keeps the arithmetic off subnormal numbers (10-100x slower per element).
 _FLOOR_NATS = -700.0
+# A batch holding more than 1 / _DENSE_SHARE of the concepts is updated with the full formulas on every concept:
+# gathering and scattering most columns costs more than the absent-concept shortcut saves.
+_DENSE_SHARE = 3
 # The null (predictive rate, activation mean and variance) is refreshed from everything seen once the items since
 # its last refresh reach this fraction of the items it was built from (reference and stream), not at every batch:
 # it stays a function of the past only (what the martingale argument needs), it moves by a few percent at most
@@ -365,13 +371,12 @@ class SequentialConceptTest:
             self._refresh()
         cap = self.threshold + _CAP_NATS
         ecap = math.exp(cap)
-        f_up, f_dn, f_act = self._absent_factors(m, cap)
         if self._prev:
-            self._prevalence_step(m, where, k, f_up, f_dn, cap, ecap)
+            self._prevalence_step(m, where, k, cap, ecap)
             self._alpha[where] += k
             self._total += m
         if self._act and self._ns:
-            self._activation_step(m, where, s, s_up, f_act, cap, ecap)
+            self._activation_step(m, where, s, s_up, cap, ecap)
         self._n += m
         self._wsum[where] += s
         self._wsq[where] += sq
@@ -421,12 +426,24 @@ class SequentialConceptTest:
                                              np.ascontiguousarray(f_prev[_NF:, :ns]), f_act)
         return got
 
-    def _prevalence_step(self, m: int, where: np.ndarray, k: np.ndarray, f_up: np.ndarray, f_dn: np.ndarray,
-                         cap: float, ecap: float) -> None:
+    def _prevalence_step(self, m: int, where: np.ndarray, k: np.ndarray, cap: float, ecap: float) -> None:
         """log LR = k log(p1 / p) + (m - k) (e - 1) log(1 - p), p the null's predictive rate and p1 = 1 - (1 - p)^e
         the alternative that follows it. Every detector takes the absent-concept factor; the concepts of the batch
         then get theirs from the R they had before it."""
         ns = self._ns
+        if len(where) * _DENSE_SHARE > self._ct:
+            # most concepts are in the batch (large batches): the full formula everywhere, no gather / scatter
+            kd = np.zeros(self._ct)
+            kd[where] = k
+            for h, (r, rows, c) in enumerate(((self._r_up, slice(0, _NF), self._ct), (self._r_dn, slice(_NF, None), ns))):
+                llr = self._log_odds[rows, :c] * kd[:c]
+                llr += (m - kd[:c]) * self._a_prev[rows, :c]
+                np.clip(llr, _FLOOR_NATS, cap, out=llr)
+                r += m
+                r *= np.exp(llr, out=llr)
+                self._rowmax[h] = self._capped(r, ecap)
+            return
+        f_up, f_dn, _ = self._absent_factors(m, cap)
         n_sup = int(np.searchsorted(where, ns))  # supported concepts come first
         llr = np.take(self._log_odds, where, axis=1)
         llr *= k
@@ -451,13 +468,27 @@ class SequentialConceptTest:
             top = np.minimum(top, ecap)
         return top
 
-    def _activation_step(self, m: int, where: np.ndarray, s: np.ndarray, s_up: np.ndarray, f_act: np.ndarray,
-                         cap: float, ecap: float) -> None:
+    def _activation_step(self, m: int, where: np.ndarray, s: np.ndarray, s_up: np.ndarray, cap: float,
+                         ecap: float) -> None:
         """log of Bennett supermartingale factors for the mean weight, up and down, one row per shift size:
         lam (S - m mu) - m var/b^2 (e^{lam b} - 1 - lam b), lam = shift / sd, b the one-sided range (the null's
         moments as of its last refresh). The up test sees weights clipped at the reference maximum (``s_up``),
         which only lowers their mean. Concepts absent from the batch take the cached factor."""
         n_sup = int(np.searchsorted(where, self._ns))
+        if n_sup * _DENSE_SHARE > self._ns:
+            # most supported concepts are in the batch: the full formula everywhere (S = 0 for the others)
+            sd, sud = np.zeros(self._ns), np.zeros(self._ns)
+            sd[where[:n_sup]], sud[where[:n_sup]] = s[:n_sup], s_up[:n_sup]
+            for d, dev in enumerate((sud - m * self._mu, m * self._mu - sd)):
+                r = self._r_act[d]
+                llr = self._lam * dev
+                llr -= m * self._psi[d]
+                np.clip(llr, _FLOOR_NATS, cap, out=llr)
+                r += m
+                r *= np.exp(llr, out=llr)
+                self._rowmax[2 + d] = self._capped(r, ecap)
+            return
+        f_act = self._absent_factors(m, cap)[2]
         cols = where[:n_sup]
         mu = self._mu[cols]
         lam = self._lam[:, cols]

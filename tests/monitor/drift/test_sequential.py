@@ -149,8 +149,10 @@ def _stack(parts):
                        l1=np.concatenate([p.l1 for p in parts]), n_concepts=C)
 
 
+@pytest.mark.parametrize("dense_share", [seq_mod._DENSE_SHARE, 0, 10**9])  # as shipped, never dense, always
 @pytest.mark.parametrize("kinds", [("prevalence", "activation"), ("prevalence",), ("activation",)])
-def test_optimised_update_equals_the_direct_update_on_random_streams(kinds):
+def test_optimised_update_equals_the_direct_update_on_random_streams(kinds, dense_share, monkeypatch):
+    monkeypatch.setattr(seq_mod, "_DENSE_SHARE", dense_share)
     batches = _mixed_stream(9000, seed=21)
     ref = WindowStats(C)
     for codes in batches[:8]:
