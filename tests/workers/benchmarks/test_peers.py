@@ -116,3 +116,17 @@ def test_batched_threshold_configuration_equals_alibis_own():
     for det in ("mmd", "lsdd"):
         assert len(out[det + "True"]) == 5
         np.testing.assert_allclose(out[det + "True"], out[det + "False"], rtol=1e-4)
+
+
+def test_summary_counts_delay_from_onset_and_run_length_over_the_null_items():
+    result = {"configure_s": 1.0, "wall_s": 3.0, "streams": [
+        {"onset": 100, "items": 130, "alarms": [40, 130], "predict_s": 0.13},  # one false alarm, then detection
+        {"onset": 100, "items": 600, "alarms": [], "predict_s": 0.6},  # never detected: censored at the horizon
+        {"onset": None, "items": 1000, "alarms": [300, 700], "predict_s": 1.0},
+    ]}
+    out = peers._summary([result], _args(horizon=500))
+    assert out["delays"] == [30, None] and out["delay_items_median"] == (30 + 500) / 2
+    assert out["pre_onset_false_alarms"] == 1
+    assert (out["null_items"], out["null_false_alarms"], out["run_length_items"]) == (1000, 2, 500.0)
+    assert out["ratio_to_ert"] == 500.0 / 5000.0 and out["censored"] is False
+    assert out["us_per_item"] == round(1e6 * 1.73 / 1730, 1)
