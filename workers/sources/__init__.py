@@ -1,6 +1,7 @@
 """Stream sources for the pipeline: a directory of images (optionally followed), Parquet/Arrow files, Redis Streams.
 
-Every source hands out numbered batches of :class:`workers.items.WorkItem` and is told ``ack(batch)`` only after
+Every source hands out numbered batches, as descriptors a worker resolves itself (file row ranges, claimed Redis
+entry ids, file names: the driver never carries payloads), and is told ``ack(batch)`` only after
 the batch's contribution is committed by the aggregator, so an item is never lost: what is not acknowledged is
 delivered again (Redis: pending entries, reclaimed with XAUTOCLAIM; files: the resume checkpoint). A record that is
 bad on its own (no payload, an implausible timestamp, an unreadable path) travels as an item with ``error`` set and

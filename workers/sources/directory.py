@@ -1,4 +1,7 @@
-"""A directory of images (or caption files), read once or followed for files that appear later."""
+"""A directory of images (or caption files), read once or followed for files that appear later.
+
+The driver lists the directory and hands out file names (:class:`FileList`); each worker reads its files itself,
+with the same size limit and the same dead-letter reasons."""
 
 from __future__ import annotations
 
@@ -6,14 +9,15 @@ import fnmatch
 import time
 from pathlib import Path
 
+from dataclasses import dataclass
+
 from monitor.errors import BadInput, ConfigError
-from monitor.records import ItemMeta
-from workers.items import WorkItem
+from workers.items import ItemBatch, ItemColumns
 from workers.sources.base import Source, SourceBatch, option_bool
 from workers.sources.paths import DEFAULT_MAX_PAYLOAD_BYTES, read_path_payload
 from workers.sources.timestamps import check_event_time
 
-__all__ = ["DirectorySource", "IMAGE_SUFFIXES"]
+__all__ = ["DirectorySource", "FileList", "IMAGE_SUFFIXES"]
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 
@@ -35,6 +39,7 @@ class DirectorySource(Source):
                  settle_s: str | float = 0.5, max_bytes: str | int = DEFAULT_MAX_PAYLOAD_BYTES) -> None:
         super().__init__()
         self.root = Path(path)
+        self._absolute = str(self.root.resolve())  # workers read from here: their working directory may differ
         if not self.root.is_dir():
             raise ConfigError(f"dir source: {str(self.root)!r} is not a directory")
         self.pattern = glob
@@ -113,32 +118,14 @@ class DirectorySource(Source):
             if not self._queue and self.follow and time.monotonic() >= deadline:
                 return SourceBatch(0, [], token=None)
         take, self._queue = self._queue[:max_items], self._queue[max_items:]
-        items = [self._item(mtime, rel) for mtime, rel in take]
+        work = FileList(root=str(self.root), absolute=self._absolute, files=tuple(take), stream=self.stream,
+                        kind=self.kind, max_bytes=self.max_bytes)
         for _, rel in take:
             self._queued.discard(rel)
             self._seen.add(rel)
         # within one run nothing is handed out twice; a restart re-reads from the start (or from a checkpoint)
         # because acknowledgement for files is the commit itself
-        return SourceBatch(self._next_seq(), items, token=max(take))
-
-    def _item(self, mtime_ns: int, rel: str) -> WorkItem:
-        path = self.root / rel
-        error = None
-        ts = mtime_ns / 1e9
-        try:
-            check_event_time(ts, where="file modification time")
-        except ValueError as exc:
-            error, ts = ("bad_timestamp", f"{path}: {exc}"), time.time()
-        meta = ItemMeta(id=rel, timestamp=ts, stream=self.stream, metadata={"path": str(path)})
-        data: bytes | str | None = None
-        if error is None:
-            try:
-                data = read_path_payload(str(path), max_bytes=self.max_bytes)
-                if self.kind == "text":
-                    data = data.decode("utf-8", "replace")
-            except BadInput as exc:
-                error = (exc.reason, exc.detail)
-        return WorkItem(meta=meta, payload=data, kind=self.kind, ref=str(path), error=error)
+        return SourceBatch(self._next_seq(), token=max(take), work=work)
 
     def ack(self, batch: SourceBatch) -> None:
         self._ack_in_order(batch)
@@ -154,3 +141,58 @@ class DirectorySource(Source):
         """Skip every file at or before the checkpoint's (mtime, name) (finite runs, which list the directory once
         and read it in that order)."""
         self._mark = (int(checkpoint["mtime_ns"]), str(checkpoint["name"]))
+
+
+@dataclass(frozen=True)
+class FileList:
+    """Files of a directory by (modification time in ns, path relative to the directory): what a worker is sent."""
+
+    root: str
+    absolute: str
+    files: tuple[tuple[int, str], ...]
+    stream: str
+    kind: str
+    max_bytes: int
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def load(self) -> ItemBatch:
+        """Read the files (run on the worker). The event time is the modification time; a file that is missing,
+        unreadable, empty or over ``max_bytes`` keeps its reason from ``read_path_payload``."""
+        ids, times, payloads, refs, metadata = [], [], [], [], []
+        errors: dict[int, tuple[str, str]] = {}
+        for j, (mtime_ns, rel) in enumerate(self.files):
+            path = Path(self.root) / rel
+            ts = mtime_ns / 1e9
+            error = None
+            try:
+                check_event_time(ts, where="file modification time")
+            except ValueError as exc:
+                error, ts = ("bad_timestamp", f"{path}: {exc}"), time.time()
+            data: bytes | str | None = None
+            if error is None:
+                try:
+                    where = path if path.is_absolute() else Path(self.absolute) / rel
+                    data = read_path_payload(str(where), max_bytes=self.max_bytes)
+                    if self.kind == "text":
+                        data = data.decode("utf-8", "replace")
+                except BadInput as exc:
+                    error = (exc.reason, exc.detail)
+            if error is not None:
+                errors[j] = error
+            ids.append(rel)
+            times.append(ts)
+            payloads.append(data)
+            refs.append(str(path))
+            metadata.append({"path": str(path)})
+        n = len(ids)
+        return ItemBatch(columns=ItemColumns(ids, times, [0] * n, [self.stream], metadata), payloads=payloads,
+                         kinds=self.kind, refs=refs, errors=errors)
+
+    def refs(self) -> list[str]:
+        return [str(Path(self.root) / rel) for _, rel in self.files]
+
+    def without(self, refs: set[str]) -> "FileList":
+        return FileList(self.root, self.absolute, tuple(f for f in self.files if str(Path(self.root) / f[1]) not in refs),
+                        self.stream, self.kind, self.max_bytes)

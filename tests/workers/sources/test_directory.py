@@ -104,3 +104,26 @@ def test_dir_max_bytes_must_be_a_positive_number(tmp_path):
 
     with pytest.raises(ConfigError, match="max_bytes must be a number of bytes"):
         open_source(f"dir://{tmp_path}?max_bytes=lots")
+
+
+def test_directory_batches_name_files_and_the_worker_reads_them(tmp_path):
+    """The driver lists; a worker reads: a batch carries names, not bytes, and reads back with the same reasons."""
+    import pickle
+
+    from workers.sources.directory import FileList
+
+    big = b"\xff" * 200_000
+    for i in range(5):
+        (tmp_path / f"f{i}.jpg").write_bytes(big if i != 3 else big * 2)  # f3 is over max_bytes
+        os.utime(tmp_path / f"f{i}.jpg", ns=(1_700_000_000_000_000_000 + i, 1_700_000_000_000_000_000 + i))
+    src = DirectorySource(str(tmp_path), max_bytes=300_000)
+    batch = src.read(10)
+    assert isinstance(batch.work, FileList) and len(batch) == 5
+    assert len(pickle.dumps(batch.payload())) < 1_000  # five names, not a megabyte
+    loaded = pickle.loads(pickle.dumps(batch.work)).load()
+    assert loaded.columns.ids == [f"f{i}.jpg" for i in range(5)]
+    assert [p == big for p in loaded.payloads] == [True, True, True, False, True]
+    assert list(loaded.errors) == [3] and loaded.errors[3][0] == "payload_too_large"
+    assert loaded.columns.timestamps.tolist() == [1_700_000_000.0 + i * 1e-9 for i in range(5)]
+    kept = batch.without({str(tmp_path / "f1.jpg")})
+    assert kept.work.load().columns.ids == ["f0.jpg", "f2.jpg", "f3.jpg", "f4.jpg"] and kept.token == batch.token
