@@ -72,16 +72,16 @@ class Row:
 
 
 def _rows() -> list[Row]:
-    """N_ITEMS rows; every 41st has a bad payload or time, every 53rd repeats the id of a good row three before it."""
+    """N_ITEMS rows; every 17th has a bad payload or time, every 53rd repeats the id of a good row three before it."""
     from monitor.synthetic.captions import CaptionStream
 
     captions = list(CaptionStream(n=N_ITEMS, seed=11))
     rows = []
     for i, c in enumerate(captions):
         text, ts, item_id = c.text, 1_767_225_600.0 + i, f"it-{i:04d}"
-        if i % 41 == 7:
-            text, ts = [(None, ts), ("", ts), (text, math.nan)][(i // 41) % 3]
-        elif i % 53 == 20 and (i - 3) % 41 != 7:
+        if i % 17 == 7:
+            text, ts = [(None, ts), ("", ts), (text, math.nan)][(i // 17) % 3]
+        elif i % 53 == 20 and (i - 3) % 17 != 7:
             item_id = f"it-{i - 3:04d}"  # a good row's id again: a duplicate dead letter
         rows.append(Row(item_id, text, ts))
     return rows
@@ -128,7 +128,7 @@ def _config(params: dict) -> PipelineConfig:
     worker = WorkerConfig(model="null:64", vocab=params["vocab"], cache_dir=params["cache_dir"], device="cpu")
     return PipelineConfig(source=params["source"], worker=worker, monitor=MONITOR, workers=2, cpus_per_worker=0.25,
                           batch_size=BATCH, history=params["store"], write_codes=True,
-                          dead_letter=params["dead_letter"], checkpoint_job="chaos", checkpoint_every_s=0.3,
+                          dead_letter=params["dead_letter"], checkpoint_job="chaos", checkpoint_every_s=1.0,
                           ray_address=params.get("ray_address"), kind="text")
 
 
