@@ -345,12 +345,32 @@ class _OpenFiles:
     to the same worker, and a Parquet row group is decoded whole, so the last few decoded groups are kept (bounded by
     count, not size: write row groups of a few batches, docs/pipeline.md)."""
 
-    def __init__(self, max_files: int = 8, max_groups: int = 2) -> None:
+    def __init__(self, max_files: int = 8, max_groups: int = 2, max_group_bytes: int = 256 << 20) -> None:
         from collections import OrderedDict
 
         self.files: OrderedDict[str, tuple[Any, np.ndarray]] = OrderedDict()
         self.groups: OrderedDict[tuple[str, int, tuple[str, ...]], Any] = OrderedDict()
+        self.streams: OrderedDict[tuple[str, int, tuple[str, ...]], _GroupStream] = OrderedDict()
         self.max_files, self.max_groups = max_files, max_groups
+        self.max_group_bytes = max_group_bytes  # a larger Parquet row group is streamed, never decoded whole
+
+    def rows(self, path: str, g: int, lo: int, hi: int, columns: tuple[str, ...]):
+        """Rows [lo, hi) of row group ``g``. A Parquet row group above ``max_group_bytes`` (uncompressed) is read
+        as a stream of small record batches from a position kept per group, so memory stays bounded whatever the
+        file's writer chose; a request behind that position starts the stream again (reads from the group's start)."""
+        reader, _ = self.reader(path)
+        if not path.lower().endswith(".parquet") or \
+                reader.metadata.row_group(g).total_byte_size <= self.max_group_bytes:
+            return self.group(path, g, columns).slice(lo, hi - lo)
+        key = (path, g, columns)
+        stream = self.streams.get(key)
+        if stream is None or stream.pos > lo:
+            stream = _GroupStream(reader, g, columns)
+            self.streams[key] = stream
+            while len(self.streams) > self.max_groups:
+                self.streams.popitem(last=False)
+        self.streams.move_to_end(key)
+        return stream.take(lo, hi)
 
     def reader(self, path: str) -> tuple[Any, np.ndarray]:
         import pyarrow as pa
@@ -388,6 +408,34 @@ class _OpenFiles:
         return table
 
 
+class _GroupStream:
+    """One Parquet row group read front to back in record batches of 1,024 rows; ``pos`` is the next row."""
+
+    def __init__(self, reader, g: int, columns: tuple[str, ...]) -> None:
+        self._it = reader.iter_batches(batch_size=1024, row_groups=[g], columns=list(columns), use_threads=False)
+        self._buf = None  # the current record batch, its first row at ``pos``
+        self.pos = 0
+
+    def take(self, lo: int, hi: int):
+        import pyarrow as pa
+
+        out = []
+        while self.pos < hi:
+            if self._buf is None or self._buf.num_rows == 0:
+                self._buf = next(self._it)
+            n = self._buf.num_rows
+            if self.pos + n <= lo:  # wholly before the request: skip it
+                self.pos += n
+                self._buf = None
+                continue
+            a = max(lo - self.pos, 0)
+            b = min(hi - self.pos, n)
+            out.append(self._buf.slice(a, b - a))
+            self._buf = self._buf.slice(b)
+            self.pos += b
+        return pa.Table.from_batches(out) if out else None
+
+
 _open_files = _OpenFiles()
 
 
@@ -402,9 +450,10 @@ def _read_rows(path: str, start: int, stop: int, columns: tuple[str, ...]):
     parts = []
     g = first
     while g < len(bounds) - 1 and int(bounds[g]) < stop:
-        part = _open_files.group(path, g, columns)
         lo, hi = max(start, int(bounds[g])) - int(bounds[g]), min(stop, int(bounds[g + 1])) - int(bounds[g])
-        parts.append(part.slice(lo, hi - lo))
+        part = _open_files.rows(path, g, lo, hi, columns)
+        if part is not None:
+            parts.append(part)
         g += 1
     if len(parts) == 1:
         return parts[0] if isinstance(parts[0], pa.Table) else pa.Table.from_batches([parts[0]])

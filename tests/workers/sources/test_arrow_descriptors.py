@@ -142,3 +142,21 @@ def test_pipeline_counts_every_row_of_uneven_files_once_with_bad_rows_dead_lette
     assert summary.duplicates == 1
     # batches cut at row groups: 32+8, 7, 32+32+26, 1, 32+1, then b.parquet (5) and c.parquet (3)
     assert summary.batches == len(sent) == 11 and summary.retries == 0 and summary.duplicate_batches == 0
+
+
+def test_a_row_group_too_large_to_decode_whole_is_streamed_and_reads_the_same_rows(tmp_path, monkeypatch):
+    """A writer's default (one huge row group) must not make every worker decode the whole group: above the size
+    limit a worker streams the group from a kept position; any order of requests still reads exactly its rows."""
+    from workers.sources import arrow_files
+
+    total = _write_uneven(tmp_path / "big.parquet", [3000])
+    monkeypatch.setattr(arrow_files, "_open_files", arrow_files._OpenFiles(max_group_bytes=0))
+    src = ParquetSource(str(tmp_path / "big.parquet"), id_column="id", image_column="image")
+    batches = []
+    while (b := src.read(256)) is not None:
+        batches.append(b)
+    assert [len(b) for b in batches] == [256] * 11 + [184]
+    order = [0, 2, 1, 3, 5, 4, 6, 7, 9, 8, 11, 10]  # two workers taking turns, one running behind the other
+    got = {k: batches[k].work.load().columns.ids for k in order}
+    assert [i for k in range(len(batches)) for i in got[k]] == [f"r{i}" for i in range(total)]
+    assert arrow_files._open_files.streams and not arrow_files._open_files.groups  # streamed, never decoded whole
