@@ -48,8 +48,15 @@ class WorkerHost:
     def pid(self) -> int:
         return os.getpid()
 
-    def process(self, items: list) -> Partial:
-        return self.worker.process(items)
+    def process(self, items: list, shards: int = 1) -> Partial | tuple[Partial, ...]:
+        """The batch's partial; with ``shards`` > 1, one part per aggregator shard (the driver calls this with Ray
+        ``num_returns=shards``, so each part goes to its aggregator without visiting the driver)."""
+        partial = self.worker.process(items)
+        if shards <= 1:
+            return partial
+        from workers.shards import split_partial
+
+        return tuple(split_partial(partial, shards))
 
 
 @dataclass
@@ -102,7 +109,7 @@ class AggregatorCore:
         self.history = None
         self._window_day: dict[str, int] = {}  # latest UTC day written per stream (triggers compaction)
         if config.history:
-            self.history = _make_history(config.history, self.concept_names, concept_space)
+            self.history = _make_history(config.history, self.concept_names, concept_space, shard=config.shard)
         self.sink = open_sink(config.dead_letter)
         self.reference_streams: list[str] = []  # streams whose own stored windows form their reference
         self._fallback_reference: WindowSummary | None = None  # all streams merged, for streams new to history
@@ -410,6 +417,22 @@ class AggregatorCore:
 
         return save_checkpoint(self, job_id, position, done=done, positions=positions, refs=refs, run=run)
 
+    def checkpoint_names(self) -> list[str]:
+        """The job checkpoints the history store holds (a sharded run checks they were written with its shard
+        count)."""
+        return [] if self.history is None else list(self.history.list_checkpoints())
+
+    def drop_checkpoints(self, names: list[str]) -> None:
+        """Delete these job checkpoints with their state files (a sharded run's superseded generations)."""
+        if self.history is None:
+            return
+        for name in names:
+            record = self.history.get_checkpoint(name) or {}
+            for key in ("monitor_state", "ledger_state", "dead_letters_state"):
+                if record.get(key):
+                    self.history.delete_checkpoint_file(record[key])
+            self.history.clear_checkpoint(name)
+
     def recent_alarms(self, n: int = 50) -> list[Alarm]:
         return list(self.alarms)[-n:]
 
@@ -508,10 +531,11 @@ def _monitor_from_bytes(blob: bytes):
     return ConceptMonitor.from_bytes(blob)
 
 
-def _make_history(root: str, concept_names: list[str], concept_space: str):
+def _make_history(root: str, concept_names: list[str], concept_space: str, shard: tuple[int, int] = (0, 1)):
     from monitor.history.store import HistoryStore
 
-    return HistoryStore(root, concept_space=concept_space, concept_names=concept_names)
+    # the shards of a run write side by side (disjoint streams, so disjoint partitions); see WriterLock
+    return HistoryStore(root, concept_space=concept_space, concept_names=concept_names, writer_shard=shard)
 
 
 # ---------------------------------------------------------------------------------------------------------------------

@@ -46,6 +46,7 @@ class PipelineConfig:
     worker: WorkerConfig = field(default_factory=WorkerConfig)
     monitor: MonitorConfig = field(default_factory=MonitorConfig)
     workers: int = 1
+    aggregators: int = 1  # aggregator actors; streams are hashed onto them (workers/shards.py)
     gpus_per_worker: float | None = None  # None: 1 GPU per worker when the cluster has enough, else CPU
     cpus_per_worker: float = 1.0
     batch_size: int = 64
@@ -60,6 +61,7 @@ class PipelineConfig:
     stream: str | None = None  # override the source's stream name
     max_restarts: int = -1  # worker actor restarts (-1: unlimited)
     max_attempts: int = 5  # tries per batch before the run fails
+    worker_wait_s: float = 300.0  # every worker down this long (cannot be placed again): the run fails
     read_timeout_s: float = 0.5
     checkpoint_job: str | None = None  # resumable batch job (backfill): checkpoint name in the history store
     restart: bool = False  # ignore the job's checkpoint
@@ -80,8 +82,12 @@ class PipelineConfig:
                               f"{type(self.reference_history).__name__}")
         if self.workers < 1:
             raise ConfigError(f"workers must be >= 1, got {self.workers!r}")
+        if not isinstance(self.aggregators, int) or self.aggregators < 1:
+            raise ConfigError(f"aggregators must be an integer >= 1, got {self.aggregators!r}")
         if self.batch_size < 1:
             raise ConfigError(f"batch_size must be >= 1, got {self.batch_size!r}")
+        if not self.worker_wait_s > 0:
+            raise ConfigError(f"worker_wait_s must be > 0 seconds, got {self.worker_wait_s!r}")
         if self.max_in_flight < 0:
             raise ConfigError(f"max_in_flight must be >= 0, got {self.max_in_flight!r}")
         if self.cpus_per_worker < 0:
@@ -108,11 +114,21 @@ class PipelineConfig:
             return self.checkpoint_job
         return f"run-{hashlib.sha256(self.source.encode()).hexdigest()[:12]}"
 
-    def aggregator_config(self, encoder: str = "") -> "AggregatorConfig":
-        """What the aggregator actor is made with; ``encoder``: the workers' encoder id (for splice_build_info)."""
-        return AggregatorConfig(encoder=encoder, monitor=self.monitor, metrics_port=self.metrics_port, history=self.history,
+    def aggregator_config(self, encoder: str = "", shard: int = 0) -> "AggregatorConfig":
+        """What aggregator actor ``shard`` (of ``aggregators``) is made with; ``encoder``: the workers' encoder id
+        (for splice_build_info). Shard i serves metrics on ``metrics_port + i`` (0: each a free port)."""
+        if not 0 <= shard < self.aggregators:
+            raise ConfigError(f"shard must be in 0..{self.aggregators - 1}, got {shard!r}")
+        port = self.metrics_port
+        if port:
+            port += shard
+            if port > 65535:
+                raise ConfigError(f"metrics_port {self.metrics_port} + {self.aggregators - 1} aggregators runs past "
+                                  f"port 65535: choose a lower --metrics-port")
+        return AggregatorConfig(encoder=encoder, monitor=self.monitor, metrics_port=port, history=self.history,
                                 metrics_host=self.metrics_host, write_codes=self.write_codes,
-                                dead_letter=self.dead_letter, reference_history=self.reference_history)
+                                dead_letter=self.dead_letter, reference_history=self.reference_history,
+                                shard=(shard, self.aggregators))
 
 
 @dataclass(frozen=True)
@@ -129,7 +145,11 @@ class AggregatorConfig:
     keep_alarms: int = 1000
     reference_history: HistoryReference | None = None
     recent_ids: int = 65_536  # ids of acknowledged batches remembered to catch repeated ids (bounded memory)
+    shard: tuple[int, int] = (0, 1)  # (index, count): this aggregator owns the streams hashed onto index
 
     def __post_init__(self) -> None:
         if not isinstance(self.monitor, MonitorConfig):
             raise ConfigError(f"monitor must be a MonitorConfig (monitor.drift), got {type(self.monitor).__name__}")
+        index, count = self.shard
+        if not (isinstance(count, int) and count >= 1 and isinstance(index, int) and 0 <= index < count):
+            raise ConfigError(f"shard must be (index, count) with 0 <= index < count, got {self.shard!r}")

@@ -17,13 +17,13 @@ import threading
 import time
 import uuid
 from collections import Counter, deque
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable
 
 from monitor.errors import ConfigError, PipelineError, SpliceError
 from monitor.records import Alarm
 from monitor.uris import redact_text, redact_uri
-from workers.acks import AckGate, actor_died, restore_aggregator
+from workers.acks import AckGate, actor_died
 from workers.config import HistoryReference, PipelineConfig
 from workers.health import WorkerHealth
 from workers.summary import RunSummary, Status
@@ -37,10 +37,11 @@ log = logging.getLogger(__name__)
 class _Flight:
     batch: Any
     worker: int
-    proc_ref: Any
-    commit_ref: Any
+    proc_ref: list  # the worker's result: one part per aggregator shard
+    commit_ref: list  # the commit on each shard (None: nothing to wait for on that shard)
     submitted: float
     attempts: int = 1
+    results: dict = field(default_factory=dict)  # shard -> its CommitResult, as they arrive
 
 
 def _ensure_ray(address: str | None) -> bool:
@@ -101,11 +102,13 @@ class Pipeline:
         self.hooks = hooks or {}
         self.source: Any = None
         self.workers: list[Any] = []
-        self.aggregator: Any = None
+        self.aggregator: Any = None  # an AggregatorGroup (workers/shards.py): one or more aggregator actors
         self.metrics_address: tuple[str, int] | None = None
         self.gpus = 0.0
         self.job = config.checkpoint_job
         self.gate: AckGate | None = None  # a checkpointed run acknowledges only what a checkpoint holds
+        self.shard_through: list[int] = []  # what each aggregator shard's last checkpoint holds (batches 1..k)
+        self.metrics_addresses: list = []
         self.run_token = uuid.uuid4().hex  # names this driver in checkpoints (a restarted aggregator keeps numbering)
         # the loop's state: batches in flight, batches waiting for a healthy worker, per-worker load
         self.flights: dict[int, _Flight] = {}
@@ -173,7 +176,8 @@ class Pipeline:
         """Start the worker actors (each loads its model and dictionary) and the aggregator."""
         import ray
 
-        from workers.actors import aggregator_actor_class, worker_actor_class
+        from workers.actors import worker_actor_class
+        from workers.shards import AggregatorGroup
 
         config = self.config
         self.gpus = _gpus_per_worker(config)
@@ -192,16 +196,17 @@ class Pipeline:
         spaces = {i["concept_space"] for i in self.infos}
         if len(spaces) != 1:
             raise PipelineError(f"workers disagree on the concept space: {sorted(spaces)}")
-        self.health = WorkerHealth(self.workers, [i["pid"] for i in self.infos])
+        self.health = WorkerHealth(self.workers, [i["pid"] for i in self.infos], wait_s=config.worker_wait_s)
         self.load = Counter({i: 0 for i in range(len(self.workers))})
-        # a checkpointed run survives the aggregator's death: Ray restarts it, the driver restores and replays
-        self.aggregator = aggregator_actor_class(max_restarts=-1 if self.job else 0).remote(
-            config.aggregator_config(encoder=str(self.infos[0].get("encoder") or "")),
-            self.infos[0]["concept_names"], self.infos[0]["concept_space"])
-        _startup_get([self.aggregator.ready.remote()], "the aggregator actor")
-        self.metrics_address = ray.get(self.aggregator.metrics_address.remote())
+        self.aggregator = AggregatorGroup.start(config, self.infos[0]["concept_names"], self.infos[0]["concept_space"],
+                                                encoder=str(self.infos[0].get("encoder") or ""))
+        _startup_get(self.aggregator.ready_refs(), "the aggregator actor")
+        self.metrics_addresses = self.aggregator.metrics_addresses()
+        self.metrics_address = self.metrics_addresses[0]
         if "actors" in self.hooks:
-            self.hooks["actors"](self.workers, self.aggregator)
+            self.hooks["actors"](self.workers, self.aggregator.actors[0])
+        if "aggregators" in self.hooks:
+            self.hooks["aggregators"](self.aggregator)
 
     def resume(self) -> dict | None:
         """Restore a batch job's checkpoint (monitor state and source position); None when starting afresh."""
@@ -209,8 +214,13 @@ class Pipeline:
 
         if not self.job:
             return None
-        resumed = _startup_get([self.aggregator.load_checkpoint.remote(self.job, self.config.restart,
-                                                                      run=self.run_token)], "restoring the checkpoint")[0]
+        try:
+            resumed = self.aggregator.load_checkpoint(self.job, self.config.restart, run=self.run_token)
+        except ray.exceptions.RayError as exc:  # e.g. the dead-letter sink failed republishing: its typed error
+            cause = _typed_cause(exc)
+            if isinstance(cause, SpliceError):
+                raise cause from None
+            raise PipelineError(f"restoring the checkpoint failed: {_short(exc)}") from exc
         if resumed and resumed.get("source") is not None:
             self.source.resume(resumed["source"])
         self._last_checkpoint = time.monotonic()
@@ -226,6 +236,7 @@ class Pipeline:
         info = self.infos[0]
         self.on_started({
             "workers": len(self.workers), "gpus_per_worker": self.gpus, "metrics_address": self.metrics_address,
+            "aggregators": self.aggregator.n, "metrics_addresses": self.metrics_addresses,
             "concept_space": info["concept_space"], "n_concepts": len(info["concept_names"]),
             "encoder": info["encoder"], "mean": info.get("mean", ""), "job": self.job, "history": self.config.history,
             "checkpoint_every_s": self.config.checkpoint_every_s,
@@ -244,9 +255,9 @@ class Pipeline:
             while self.retry_queue and (w := self.pick()) is not None:
                 batch, attempts = self.retry_queue.popleft()
                 self.submit(batch, attempts, w)
-            if self.gate is not None and self.gate.due():
+            if self.gate is not None and self.gate.due() and self._can_checkpoint():
                 self.checkpoint()
-            if not self.exhausted and not self.stop.is_set() and not (self.gate is not None and self.gate.full()):
+            if not self.exhausted and not self.stop.is_set() and not self._holding():
                 self.read()
             self._maybe_status()
             if not self.flights and not self.retry_queue:
@@ -257,6 +268,17 @@ class Pipeline:
                 time.sleep(0.2)
                 continue
             self.collect(timeout_s=0.5)
+
+    def _can_checkpoint(self) -> bool:
+        """One aggregator saves whatever it applied; several save together only when nothing is in flight, so that
+        all of them hold the same batches (``workers/shards.py``)."""
+        return self.aggregator.n == 1 or (not self.flights and not self.retry_queue)
+
+    def _holding(self) -> bool:
+        """Stop reading: too many committed batches wait for a checkpoint, or a sharded checkpoint waits for the
+        batches in flight to commit."""
+        gate = self.gate
+        return gate is not None and (gate.full() or (self.aggregator.n > 1 and gate.due()))
 
     def pick(self) -> int | None:
         """The healthy worker with the fewest batches in flight (None: every worker is down)."""
@@ -289,8 +311,13 @@ class Pipeline:
     def submit(self, batch, attempts: int, w: int) -> None:
         """Send ``batch`` to worker ``w`` and chain its commit on the aggregator (the partial never visits the
         driver)."""
-        proc_ref = self.workers[w].process.remote(batch.payload())  # a descriptor where the source allows
-        commit_ref = self.aggregator.commit.remote(
+        n = self.aggregator.n
+        work = batch.payload()  # a descriptor where the source allows: the worker reads the payloads itself
+        if n == 1:
+            proc_ref = [self.workers[w].process.remote(work)]
+        else:  # one part per shard, each an object of its own that only its aggregator fetches
+            proc_ref = list(self.workers[w].process.options(num_returns=n).remote(work, n))
+        commit_ref = self.aggregator.commit(
             batch.seq, proc_ref, released=tuple(self.released),
             queue_depth=sum(len(f.batch) for f in self.flights.values()),
             read_at=self.read_at.setdefault(batch.seq, time.time()))
@@ -304,25 +331,36 @@ class Pipeline:
         """Wait up to ``timeout_s`` for a commit; acknowledge what committed, queue what failed for a retry."""
         import ray
 
-        ready, _ = ray.wait([f.commit_ref for f in self.flights.values()], num_returns=1, timeout=timeout_s)
+        pending = {ref: (seq, i) for seq, f in self.flights.items() for i, ref in enumerate(f.commit_ref)
+                   if ref is not None and i not in f.results}
+        ready, _ = ray.wait(list(pending), num_returns=1, timeout=timeout_s)
         for ref in ready:
-            seq = next(s for s, f in self.flights.items() if f.commit_ref == ref)
-            flight = self.flights.pop(seq)
+            seq, shard = pending[ref]
+            flight = self.flights.get(seq)
+            if flight is None:  # an earlier shard's failure already took the batch out
+                continue
+            try:
+                flight.results[shard] = ray.get(ref)
+            except Exception as exc:  # the worker (or an aggregator) failed on this batch
+                self.flights.pop(seq)
+                if flight.worker >= 0:
+                    self.load[flight.worker] -= 1
+                self.retry(seq, flight, exc, shard)
+                continue
+            if len(flight.results) < self.aggregator.n:
+                continue  # the other shards' commits of this batch are still running
+            self.flights.pop(seq)
             if flight.worker >= 0:
                 self.load[flight.worker] -= 1
-            try:
-                result = ray.get(ref)
-            except Exception as exc:  # the worker (or the aggregator) failed on this batch
-                self.retry(seq, flight, exc)
-                continue
-            self.acknowledge(seq, flight, result)
+            self.acknowledge(seq, flight, self.aggregator.merge_results(
+                [flight.results[i] for i in range(self.aggregator.n)]))
 
-    def retry(self, seq: int, flight: "_Flight", exc: Exception) -> None:
+    def retry(self, seq: int, flight: "_Flight", exc: Exception, shard: int = 0) -> None:
         """A batch failed: resubmit it when its worker died (up to ``max_attempts``); an aggregator failure ends
         the run, since the windows live there."""
         if not _failed(flight.proc_ref) and self.gate is not None and actor_died(exc):
             self.flights[seq] = replace(flight, worker=-1)  # its commit went to the dead aggregator like the others
-            self.recover_aggregator()
+            self.recover_aggregator(shard)
             return
         if not _failed(flight.proc_ref):
             cause = _typed_cause(exc)  # the typed error raised inside the aggregator
@@ -359,40 +397,52 @@ class Pipeline:
 
     def checkpoint(self, done: bool = False) -> None:
         """Save the whole aggregator with the position of the last batch it applied, then acknowledge at the source
-        exactly the batches that checkpoint holds (``workers/acks.py``)."""
+        exactly the batches that checkpoint holds (``workers/acks.py``); with several aggregators, the batches every
+        shard's checkpoint holds."""
         import ray
 
         gate = self.gate
         try:
-            saved = ray.get(self.aggregator.save_checkpoint.remote(
-                self.job, None, done, positions=gate.positions(self.flights), refs=gate.refs(self.flights),
-                run=self.run_token))
-        except ray.exceptions.RayError as exc:
-            if not actor_died(exc):  # e.g. the dead-letter sink failed publishing: its typed error, one line
-                cause = _typed_cause(exc)
-                if isinstance(cause, SpliceError):
-                    raise cause from None
-                raise
-            self.recover_aggregator()  # the next checkpoint covers what this one would have
+            saved = self.aggregator.save_checkpoint(self.job, None, done, positions=gate.positions(self.flights),
+                                                    refs=gate.refs(self.flights), run=self.run_token)
+        except ray.exceptions.RayError as exc:  # e.g. the dead-letter sink failed publishing: its typed error, one line
+            cause = _typed_cause(exc)
+            if isinstance(cause, SpliceError):
+                raise cause from None
+            raise
+        if saved["died"]:
+            for shard in saved["died"]:
+                self.recover_aggregator(shard)  # the next checkpoint covers what this one would have
             return
+        self.shard_through = saved["shards"]
         self.released += [seq for seq, _ in gate.covered(saved["through_seq"])]
         self._last_checkpoint = time.monotonic()
 
-    def recover_aggregator(self) -> None:
-        """The aggregator actor died and Ray restarts it: restore it from the last checkpoint, acknowledge what that
-        checkpoint holds, and commit everything after it again, in order, from the workers' results (the driver owns
-        them, so they outlived the actor)."""
-        log.warning("the aggregator actor died; restoring it from checkpoint %r and replaying", self.job)
-        cp = restore_aggregator(self.aggregator, self.job, self.run_token)
+    def recover_aggregator(self, shard: int = 0) -> None:
+        """Aggregator ``shard`` died and Ray restarts it: restore it from its last checkpoint, acknowledge what every
+        shard's checkpoint holds, and commit everything after it again on that shard, in order, from the workers'
+        results (the driver owns them, so they outlived the actor). The other shards keep what they applied."""
+        from workers.shards import skipped_commit
+
+        log.warning("aggregator %d died; restoring it from its checkpoint of %r and replaying", shard, self.job)
+        cp = self.aggregator.restore(shard, self.run_token)
         through = int((cp or {}).get("through_seq", 0))
-        self.released = [seq for seq, _ in self.gate.covered(through)]
+        others = [t for i, t in enumerate(self.shard_through) if i != shard]
+        self.released = [seq for seq, _ in self.gate.covered(min([through, *others]))]
         for seq, held in self.gate.replay(through):
             del self.gate.held[seq]
-            self.flights[seq] = _Flight(held.batch, -1, held.proc_ref, None, time.perf_counter(), 1)
+            # the other shards applied it already: only this shard's commit is waited for
+            done = {i: skipped_commit(seq) for i in range(self.aggregator.n) if i != shard}
+            self.flights[seq] = _Flight(held.batch, -1, held.proc_ref, [None] * self.aggregator.n,
+                                        time.perf_counter(), 1, done)
         for seq in sorted(self.flights):  # every commit the dead actor did not answer, in source order
             flight = self.flights[seq]
-            flight.commit_ref = self.aggregator.commit.remote(seq, flight.proc_ref, released=tuple(self.released),
-                                                              read_at=self.read_at.get(seq))
+            if seq <= through and shard in flight.results:
+                continue  # answered, and the restored state holds it
+            # a batch it answered after its checkpoint is lost with it: applied again (and answered again)
+            flight.results.pop(shard, None)
+            flight.commit_ref[shard] = self.aggregator.commit(seq, flight.proc_ref, released=tuple(self.released),
+                                                              read_at=self.read_at.get(seq), shards=[shard])[shard]
             self.released = []
 
     def status(self) -> "Status":
@@ -419,17 +469,15 @@ class Pipeline:
     def finish(self, stopped_by: str) -> None:
         """Everything read is committed and acknowledged: release the ledger, then flush the windows (or, for an
         interrupted batch job, keep them open in its checkpoint to be continued)."""
-        import ray
-
         if self.released:
-            ray.get(self.aggregator.release.remote(tuple(self.released)))
+            self.aggregator.release(tuple(self.released))
             self.released = []
         if self.job and stopped_by == "signal":
             self.on_phase("saving the checkpoint (the open windows continue on the next run)")
             self.checkpoint()
             return
         self.on_phase("flushing the open windows")
-        final_alarms = ray.get(self.aggregator.flush.remote())
+        final_alarms = self.aggregator.flush()
         if self.on_alarm is not None:
             for alarm in final_alarms:
                 self.on_alarm(alarm)
@@ -440,9 +488,7 @@ class Pipeline:
 
     def totals(self) -> dict[str, Any]:
         """The aggregator's counts for the whole run (or job, across resumptions)."""
-        import ray
-
-        return ray.get(self.aggregator.summary.remote())
+        return self.aggregator.summary()
 
     def push(self, totals: dict[str, Any]) -> tuple[str | None, str | None]:
         """Push what the finished job did to the Pushgateway; (where to, None) or (None, why it failed)."""
@@ -461,8 +507,8 @@ class Pipeline:
 
         dead_letters = dict(summary["dead_letters"])
         duplicates = int(dead_letters.pop("duplicate", 0))
-        alarms = ray.get(self.aggregator.recent_alarms.remote(1000))
-        ray.get(self.aggregator.close.remote())
+        alarms = self.aggregator.recent_alarms(1000)
+        self.aggregator.close()
         result = RunSummary(
             images=summary["images"], dead_letters=dead_letters, duplicates=duplicates, alarms=alarms,
             alarm_count=summary["alarms"], windows_closed=summary["windows_closed"], batches=summary["batches"],
@@ -471,7 +517,8 @@ class Pipeline:
             stopped_by=stopped_by, streams=summary["streams"], nonconverged=summary["nonconverged"],
             metrics_address=self.metrics_address, checkpoint=self.source.checkpoint(),
             alarms_resolved=summary["alarms_resolved"], pushed_to=pushed_to, push_error=push_error,
-            references=summary.get("references", {}), signal=self.signals[0] if self.signals else None)
+            references=summary.get("references", {}), signal=self.signals[0] if self.signals else None,
+            images_per_aggregator=list(summary.get("images_per_aggregator") or [summary["images"]]))
         for note in result.notices:
             log.warning("%s", note)
         return result
@@ -482,7 +529,7 @@ class Pipeline:
 
         if self.source is not None:
             self.source.close()
-        for actor in [*self.workers, self.aggregator]:
+        for actor in [*self.workers, *(self.aggregator.actors if self.aggregator is not None else [])]:
             if actor is not None:
                 try:
                     ray.kill(actor, no_restart=True)
@@ -608,8 +655,11 @@ def _typed_cause(exc: BaseException) -> BaseException | None:
 
 
 def _failed(ref) -> bool:
+    """Whether the worker's call behind ``ref`` (a list: its parts, which fail together) failed."""
     import ray
 
+    if isinstance(ref, list):
+        ref = ref[0]
     try:
         ray.get(ref, timeout=0)
         return False

@@ -54,6 +54,7 @@ class RunSummary:
     duplicates: int = 0  # items whose id was already counted (dead-lettered as "duplicate"; not in dead_letters)
     references: dict[str, dict[str, Any]] = field(default_factory=dict)  # stream -> reference_fill(...)
     signal: str | None = None  # the signal that stopped the run (stopped_by == "signal"), e.g. "SIGINT"
+    images_per_aggregator: list[int] = field(default_factory=list)  # by shard (--aggregators), for load balance
 
     @property
     def notices(self) -> list[str]:
@@ -96,6 +97,7 @@ class RunSummary:
             "references": self.references,
             "notices": self.notices,
             "alarm_events": [_alarm_event(a) for a in self.alarms],
+            "images_per_aggregator": self.images_per_aggregator,
         }
 
     def format(self) -> str:

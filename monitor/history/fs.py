@@ -205,18 +205,25 @@ class WriterLock:
     """One writer process per local store: an OS lock (``flock``) on ``ROOT/.writer.lock``, which the kernel releases
     when the holder dies, so a crash never leaves a stale lock; ``ROOT/.writer.json`` names the holder for the error a
     second writer gets. Object stores have no lock (see docs/history.md): there, one writer is the operator's rule.
+
+    Sharded writers (``shard=(i, n)``, n > 1: the aggregators of one run, each writing only the streams hashed onto
+    it) take ``.writer.lock`` *shared*, so they write side by side while any single writer (another run, a
+    compaction) is kept out, and ``.writer-shard-i.lock`` exclusively, so two runs' shard i never write together.
     """
 
     LOCK_NAME = ".writer.lock"
     HOLDER_NAME = ".writer.json"
 
-    def __init__(self, fs: StoreFS, *, location: str, timeout_s: float = 30.0, purpose: str = "writer") -> None:
+    def __init__(self, fs: StoreFS, *, location: str, timeout_s: float = 30.0, purpose: str = "writer",
+                 shard: tuple[int, int] | None = None) -> None:
         self.fs = fs
         self.location = location
         self.timeout_s = float(timeout_s)
         self.purpose = purpose
         self.held = False
         self._path = str(fs.join(self.LOCK_NAME)) if fs.local else None
+        self.shard = shard if shard is not None and int(shard[1]) > 1 else None
+        self._shared: tuple[int, object] | None = None  # (fd holding .writer.lock shared, the shard's FileLock)
 
     @property
     def supported(self) -> bool:
@@ -230,6 +237,10 @@ class WriterLock:
         from filelock import FileLock, Timeout
 
         wait = self.timeout_s if timeout_s is None else float(timeout_s)
+        if self.shard is not None:
+            self._acquire_shard(wait, purpose or self.purpose)
+            self.held = True
+            return True
         # One thread at a time acquires: two threads of one process opening the lock file separately would
         # exclude each other (flock belongs to an open file), and they are the same writer.
         with _ACQUIRE_GUARD:
@@ -264,10 +275,62 @@ class WriterLock:
         except ConfigError:
             return False
 
+    def _acquire_shard(self, wait: float, purpose: str) -> None:
+        """Take ``.writer.lock`` shared and this shard's lock exclusively (see the class docstring)."""
+        import fcntl
+
+        from filelock import FileLock, Timeout
+
+        index, count = self.shard
+        self.fs.makedirs(self.fs.base)
+        fd = os.open(self._path, os.O_RDWR | os.O_CREAT, 0o644)
+        deadline = time.monotonic() + wait
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    os.close(fd)
+                    raise ConfigError(
+                        f"history store {self.location!r} is being written by another process ({self.holder()}); "
+                        f"the {count} aggregators of a run share it, but not with another writer: stop that writer "
+                        f"or wait for it to finish (lock file {self._path})") from None
+                time.sleep(0.05)
+        shard_path = str(self.fs.join(f".writer-shard-{index}.lock"))
+        lock = FileLock(shard_path, thread_local=False)
+        try:
+            lock.acquire(timeout=max(0.0, deadline - time.monotonic()))
+        except Timeout:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            os.close(fd)
+            raise ConfigError(
+                f"history store {self.location!r}: aggregator shard {index} is being written by another run; one "
+                f"run per store (lock file {shard_path})") from None
+        doc = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.time(),
+               "purpose": f"{purpose} (aggregator shard {index} of {count})"}
+        atomic_write_bytes(Path(shard_path).with_suffix(".json"), json.dumps(doc).encode())
+        self._shared = (fd, lock)
+
+    def _release_shard(self) -> None:
+        import fcntl
+
+        fd, lock = self._shared
+        self._shared = None
+        try:
+            Path(lock.lock_file).with_suffix(".json").unlink(missing_ok=True)
+        finally:
+            lock.release()
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            os.close(fd)
+
     def release(self) -> None:
         if not self.held or self._path is None:
             return
         self.held = False
+        if self._shared is not None:
+            self._release_shard()
+            return
         with _HELD_GUARD:
             entry = _HELD.get(self._path)
             if entry is None:
@@ -283,8 +346,11 @@ class WriterLock:
 
     def holder(self) -> str:
         """Who holds the lock, in words, from the holder file (best effort: it may be mid-write or gone)."""
+        holder = Path(self._path).with_name(self.HOLDER_NAME)
+        if not holder.exists():  # sharded writers name themselves per shard
+            holder = next(iter(sorted(holder.parent.glob(".writer-shard-*.json"))), holder)
         try:
-            doc = json.loads(Path(self._path).with_name(self.HOLDER_NAME).read_text())
+            doc = json.loads(holder.read_text())
         except (OSError, ValueError, TypeError):
             return "holder unknown"
         since = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(float(doc.get("since", 0))))

@@ -146,6 +146,7 @@ class HistoryStore:
         codes_retention_days: float | None = None,
         create: bool = True,
         lock_timeout_s: float = 30.0,
+        writer_shard: tuple[int, int] | None = None,
     ) -> None:
         if codes_retention_days is not None and not (codes_retention_days > 0):
             raise ConfigError(f"codes_retention_days must be > 0 or None, got {codes_retention_days!r}")
@@ -154,7 +155,8 @@ class HistoryStore:
         self.root: Path | str = self._fs.base if self._fs.local else self._fs.uri
         self.codes_retention_days = codes_retention_days
         self._layout = Layout(self._fs)
-        self._writer = WriterLock(self._fs, location=self.location, timeout_s=lock_timeout_s)
+        # writer_shard=(i, n): one of n aggregators of a run, each writing its own streams (see WriterLock)
+        self._writer = WriterLock(self._fs, location=self.location, timeout_s=lock_timeout_s, shard=writer_shard)
         meta = open_store_meta(self._fs, self.location, concept_space, concept_names, create=create,
                                before_write=self._writing)
         self.schema_version: int = meta["schema_version"]

@@ -372,6 +372,32 @@ def test_stream_mode_scrapes_the_head_through_the_metrics_service(render):
     assert ports[service["spec"]["ports"][0]["targetPort"]] == 9400
 
 
+def test_each_aggregator_port_is_served_listed_scraped_and_allowed(render):
+    """--aggregators 3: the entrypoint says so, the head exposes metricsPort..metricsPort+2, the Service and the
+    ServiceMonitor/PodMonitor list all three, and the NetworkPolicy lets Prometheus reach the range."""
+    rendered = render({"monitor": {"aggregators": 3}})
+    assert _flag(_run_args(rendered), "--aggregators") == "3"
+    head = _cluster(rendered)["headGroupSpec"]["template"]
+    ports = {p["name"]: p["containerPort"] for p in head["spec"]["containers"][0]["ports"]}
+    service = rendered.one("Service", "-metrics")
+    assert sorted(ports[p["targetPort"]] for p in service["spec"]["ports"]) == [9400, 9401, 9402]
+    assert sorted(p["port"] for p in service["spec"]["ports"]) == [9400, 9401, 9402]
+    service_ports = {p["name"] for p in service["spec"]["ports"]}
+    endpoints = [e["port"] for e in rendered.one("ServiceMonitor")["spec"]["endpoints"]]
+    assert sorted(endpoints) == sorted(service_ports) and len(endpoints) == 3
+    with_pods = render({"monitor": {"aggregators": 3},
+                        "metrics": {"podMonitor": {"enabled": True}, "serviceMonitor": {"enabled": False}}})
+    pod_endpoints = [e["port"] for o in with_pods.of_kind("PodMonitor") for e in o["spec"]["podMetricsEndpoints"]
+                     if e["port"] == "monitor-metrics" or e["port"].startswith("agg-metrics-")]
+    assert sorted(ports[p] for p in pod_endpoints) == [9400, 9401, 9402]
+    policy = rendered.one("NetworkPolicy", "-ray")
+    scrape = [r for r in policy["spec"]["ingress"] if {"port": 9400, "endPort": 9402} in r["ports"]]
+    assert len(scrape) == 2  # from the release's own pods and from Prometheus
+    one = render({})
+    assert _flag(_run_args(one), "--aggregators") == "1"
+    assert [p["port"] for p in one.one("Service", "-metrics")["spec"]["ports"]] == [9400]
+
+
 @MATRIX
 def test_head_and_workers_have_liveness_and_readiness_probes(render, value_set):
     rendered = render(VALUE_SETS[value_set])

@@ -46,8 +46,10 @@ class Console:
             print(f"{self.command}: {status.format()}", file=sys.stderr, flush=True)
 
     def started(self, info: dict) -> None:
-        addr = info.get("metrics_address")
-        where = f", metrics on http://{addr[0]}:{addr[1]}/metrics" if addr else ""
+        addrs = [a for a in info.get("metrics_addresses") or [info.get("metrics_address")] if a]
+        where = ", metrics on " + ", ".join(f"http://{a[0]}:{a[1]}/metrics" for a in addrs) if addrs else ""
+        if (info.get("aggregators") or 1) > 1:
+            where = f", {info['aggregators']} aggregators" + where
         if not self.quiet:
             print(f"running: {info['workers']} worker(s), {info['gpus_per_worker']:g} GPU each, encoder "
                   f"{info['encoder']}, {info['n_concepts']:,} concepts{where} "

@@ -115,11 +115,15 @@ class Settings(BaseModel):
                              "windows and drift", _RB, ge=1)
     # Ray
     workers: int = _knob(1, "worker actors", "Ray", ge=1)
+    aggregators: int = _knob(1, "aggregator actors; streams are hashed onto them by name (each serves metrics on "
+                             "--metrics-port + its index and writes history for its own streams)", "Ray", ge=1)
     gpus_per_worker: Optional[float] = _knob(None, "GPUs each worker requests", "Ray", ge=0,
                                              shown="1 when the cluster has GPUs, else CPU only")
     cpus_per_worker: float = _knob(1.0, "CPUs each worker requests", "Ray", ge=0)
     batch_size: int = _knob(64, "items per batch", "Ray", ge=1)
     max_in_flight: int = _knob(0, "batches read but not yet committed (backpressure; 0 = 2 per worker)", "Ray", ge=0)
+    worker_wait: float = _knob(300.0, "seconds every worker may be down (its node lost, nowhere to restart it) "
+                               "before the run ends with an error", "Ray", _RB, gt=0)
     ray_address: Optional[str] = _knob(None, "Ray cluster address ('auto': the Ray already running here)", "Ray",
                                        shown="start a local Ray")
     # outputs
@@ -306,10 +310,12 @@ class Resolved:
         s = self.settings
         values = dict(
             source=s.source, worker=self.worker_config(), monitor=self.monitor_config(), workers=s.workers,
+            aggregators=s.aggregators,
             gpus_per_worker=s.gpus_per_worker, cpus_per_worker=s.cpus_per_worker, batch_size=s.batch_size,
             max_in_flight=s.max_in_flight, history=s.history, ray_address=s.ray_address)
         if self.command in ("run", "backfill"):
-            values.update(write_codes=s.write_codes, dead_letter=s.dead_letter, kind=s.kind, stream=s.stream,
+            values.update(worker_wait_s=s.worker_wait, write_codes=s.write_codes, dead_letter=s.dead_letter,
+                          kind=s.kind, stream=s.stream,
                           reference_history=self.history_reference(), pushgateway=s.pushgateway)
         if self.command in ("run", "demo"):
             values.update(metrics_port=None if s.metrics_port < 0 else s.metrics_port, metrics_host=s.metrics_host)

@@ -286,6 +286,8 @@ resumable from its checkpoint). No item carries a credential: passwords reach th
 - {{ .Values.source.uri | quote }}
 - --workers
 - {{ $m.workers | quote }}
+- --aggregators
+- {{ $m.aggregators | quote }}
 - --gpus-per-worker
 - {{ include "splice-monitor.gpusPerWorker" . | quote }}
 - --cpus-per-worker
@@ -544,6 +546,11 @@ headGroupSpec:
               containerPort: {{ $p.metrics }}
             - name: monitor-metrics
               containerPort: {{ .Values.monitor.metricsPort }}
+            {{- /* aggregator i > 0 serves on metricsPort + i (port names are at most 15 characters) */}}
+            {{- range $i := untilStep 1 (int .Values.monitor.aggregators) 1 }}
+            - name: {{ printf "agg-metrics-%d" $i }}
+              containerPort: {{ add $.Values.monitor.metricsPort $i }}
+            {{- end }}
           env:
             {{- with include "splice-monitor.env" . | trim }}{{ . | nindent 12 }}{{ end }}
             {{- with include "splice-monitor.driverEnv" . | trim }}{{ . | nindent 12 }}{{ end }}
