@@ -124,3 +124,17 @@ def test_every_knob_the_docs_name_is_a_flag_of_run():
     for name in ("min_prevalence_change", "mean", "l1", "ert", "window_view", "reference_images", "cpus_per_worker",
                  "max_streams", "metrics_host"):
         assert name in knobs("run"), name
+
+
+def test_aggregators_and_worker_wait_come_from_env_file_and_flag_into_the_pipeline_config(tmp_path):
+    cfg = tmp_path / "splice.yaml"
+    cfg.write_text("source: parquet:///data/captions.parquet\naggregators: 3\n")
+    from_file = resolve("run", _parser("run").parse_args(["--config", str(cfg)])).pipeline_config()
+    assert from_file.aggregators == 3 and from_file.worker_wait_s == 300.0
+    from_env = resolve("run", _parser("run").parse_args(["--config", str(cfg), "--worker-wait", "20"]),
+                       environ={"SPLICE_AGGREGATORS": "2"}).pipeline_config()
+    assert from_env.aggregators == 2 and from_env.worker_wait_s == 20.0
+    flag = _parser("run").parse_args(["--source", "x.parquet", "--aggregators", "4"])
+    assert resolve("run", flag, environ={"SPLICE_AGGREGATORS": "2"}).pipeline_config().aggregators == 4
+    with pytest.raises(ConfigError, match="aggregators"):
+        resolve("run", _parser("run").parse_args(["--source", "x.parquet", "--aggregators", "0"])).pipeline_config()
