@@ -103,11 +103,9 @@ def pushgateway():
     exe = shutil.which("prometheus-pushgateway")
     if exe is None:
         pytest.skip("needs Debian's prometheus-pushgateway (apt-get install prometheus-pushgateway)")
-    import socket
+    from tests.processes import free_port, stop_process
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     # in memory only: the Debian default file is shared by every gateway started on this machine
     proc = subprocess.Popen([exe, f"--web.listen-address=127.0.0.1:{port}", "--persistence.file="],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -124,8 +122,4 @@ def pushgateway():
                 time.sleep(0.1)
         yield url
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop_process(proc)

@@ -6,7 +6,6 @@ from __future__ import annotations
 import contextlib
 import json
 import shutil
-import socket
 import subprocess
 import time
 import urllib.error
@@ -16,13 +15,9 @@ from pathlib import Path
 
 import yaml
 
+from tests.processes import free_port, stop_process  # noqa: F401 (free_port: the dashboard tests import it here)
+
 PROMETHEUS = shutil.which("prometheus")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def get(url: str, timeout: float = 5.0) -> bytes:
@@ -41,15 +36,6 @@ def wait_ready(url: str, proc: subprocess.Popen, what: str, timeout: float = 20.
         except OSError:
             time.sleep(0.1)
     raise RuntimeError(f"{what} not ready after {timeout}s")
-
-
-def stop(proc: subprocess.Popen) -> None:
-    proc.terminate()
-    try:
-        proc.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
 
 
 class Prom:
@@ -100,4 +86,4 @@ def running_prometheus(workdir: Path, rules_yaml: str, scrape_configs: list[dict
         wait_ready(f"http://127.0.0.1:{port}/-/ready", proc, "prometheus")
         yield Prom(f"http://127.0.0.1:{port}")
     finally:
-        stop(proc)
+        stop_process(proc)

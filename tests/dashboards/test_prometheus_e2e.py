@@ -29,7 +29,8 @@ from monitor.metrics.families import MonitorMetrics
 from monitor.metrics.runtime import BuildInfo, register_runtime_collectors
 from monitor.records import Alarm, SparseCodes, WindowSummary
 from tests.dashboards.helpers import (Prom, free_port as _free_port, get as _get, running_prometheus,
-                                      stop as _stop, wait_ready as _wait_ready)
+                                      wait_ready as _wait_ready)
+from tests.processes import stop_process as _stop
 
 PROMETHEUS = shutil.which("prometheus")
 PUSHGATEWAY = shutil.which("prometheus-pushgateway")
