@@ -13,7 +13,7 @@ import random
 from dataclasses import dataclass
 from typing import Iterator
 
-__all__ = ["TOPICS", "Caption", "CaptionStream", "write_parquet"]
+__all__ = ["TOPICS", "Caption", "CaptionStream", "distinct_captions", "write_parquet"]
 
 # Each topic: subjects, places and extras that make its captions read like scene descriptions of that topic.
 TOPICS: dict[str, dict[str, list[str]]] = {
@@ -114,6 +114,12 @@ class CaptionStream:
                                                 extra=rng.choice(parts["extras"]))
             yield Caption(id=f"caption-{i:07d}", timestamp=self.start + i * self.interval_s, text=text, topic=topic,
                           camera=self.camera)
+
+
+def distinct_captions() -> list[str]:
+    """Every caption a :class:`CaptionStream` can emit, sorted: a benchmark encodes each once and streams rows."""
+    return sorted({t.format(subject=s, place=p, extra=e) for topic in TOPICS.values() for t in TEMPLATES
+                   for s in topic["subjects"] for p in topic["places"] for e in topic["extras"]})
 
 
 def write_parquet(stream: CaptionStream, path: str) -> str:

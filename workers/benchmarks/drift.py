@@ -120,18 +120,36 @@ def _pick_planted(args, rng: np.random.Generator, profile) -> np.ndarray:
     return rng.choice(eligible, size=min(args.planted, len(eligible)), replace=False)
 
 
+def _onset(args, reference: int) -> int:
+    """Where a scenario's shift starts: ten batches after the reference, in the middle of a batch (the realistic
+    case, and the delay then includes the partial batch)."""
+    return reference + 10 * args.batch + args.batch // 2
+
+
+def _planted_scenario(args, kind: str, size: float, seed: int):
+    """The synthetic scenario of ``seed``: (concept profile, planted concepts, shifts, onset). The stream itself is
+    drawn with seed ``2000 + seed`` (``_synthetic_batches``); the peers' bench draws the same one."""
+    from monitor.synthetic.codes import Shift, concept_profile
+
+    profile = concept_profile(args.concepts, args.mean_l0, seed=2000 + seed)
+    planted = set(_pick_planted(args, np.random.default_rng(seed), profile).tolist())
+    onset = _onset(args, args.reference)
+    return profile, planted, [Shift(int(j), onset, kind, size) for j in sorted(planted)], onset
+
+
+def _caption_mix(args) -> tuple[dict[str, float], dict[str, float]]:
+    """Topic mix of the caption streams before and after the onset: ``--coastal`` of the scenes turn to beach."""
+    return ({"street": 0.85, "kitchen": 0.15},
+            {"street": 0.85 - args.coastal, "beach": args.coastal, "kitchen": 0.15})
+
+
 def _synthetic_scenario(args, kind: str, size: float, seed: int, dictionary) -> dict[str, Any]:
     from monitor.drift import StreamMonitor
-    from monitor.synthetic.codes import Shift, concept_profile, embed_codes
+    from monitor.synthetic.codes import embed_codes
 
     from workers.benchmarks.mmd import MMDDriftOnline
 
-    profile = concept_profile(args.concepts, args.mean_l0, seed=2000 + seed)
-    rng = np.random.default_rng(seed)
-    planted = set(_pick_planted(args, rng, profile).tolist())
-    # onset in the middle of a batch: the realistic case, and the delay then includes the partial batch
-    onset = args.reference + 10 * args.batch + args.batch // 2
-    shifts = [Shift(int(j), onset, kind, size) for j in sorted(planted)]
+    profile, planted, shifts, onset = _planted_scenario(args, kind, size, seed)
     mon = StreamMonitor(_names(args.concepts), _config(args), stream="s")
     firing = []
     mmd = None
@@ -211,11 +229,10 @@ def _caption_codes(args):
     import torch
 
     import monitor.concepts.decomposer as splice
-    from monitor.synthetic.captions import TEMPLATES, TOPICS
+    from monitor.synthetic.captions import distinct_captions
 
     torch.set_num_threads(max(1, torch.get_num_threads()))
-    texts = sorted({t.format(subject=s, place=p, extra=e) for topic in TOPICS.values() for t in TEMPLATES
-                    for s in topic["subjects"] for p in topic["places"] for e in topic["extras"]})
+    texts = distinct_captions()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         encoder, dec = splice.create_decomposer("minilm", device="cpu")
@@ -263,8 +280,7 @@ def _captions(args) -> dict[str, Any]:
     t0 = time.perf_counter()
     dec, codes, emb, row_of = _caption_codes(args)
     prep_s = time.perf_counter() - t0
-    before = {"street": 0.85, "kitchen": 0.15}
-    after = {"street": 0.85 - args.coastal, "beach": args.coastal, "kitchen": 0.15}
+    before, after = _caption_mix(args)
     cfg = _config(args, reference=args.caption_reference)
     out: dict[str, Any] = {"concepts": codes.n_concepts, "distinct_captions": len(row_of),
                            "encode_decompose_s": round(prep_s, 1), "reference_captions": args.caption_reference,
@@ -289,7 +305,7 @@ def _captions(args) -> dict[str, Any]:
     relevant = set(np.flatnonzero(np.abs(moved) >= 0.01).tolist())
     runs = []
     for seed in range(args.seeds):
-        onset = args.caption_reference + 10 * args.batch + args.batch // 2
+        onset = _onset(args, args.caption_reference)
         n = onset + args.horizon
         mon = StreamMonitor(dec.concept_names, cfg, stream="captions")
         stream = CaptionStream(n, shift_at=onset, before=before, after=after, seed=200 + seed)

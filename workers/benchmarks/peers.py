@@ -28,8 +28,6 @@ __all__ = ["DETECTORS", "ENV_VAR", "add_arguments", "peers_python", "run", "run_
 DETECTORS: dict[str, str] = {"alibi_mmd": "mmd", "alibi_lsdd": "lsdd"}
 ENV_VAR = "SPLICE_PEERS_PYTHON"
 RUNNER = Path(__file__).with_name("alibi_peer.py")
-# the caption mixes of the drift benchmark's real-caption scenario (workers/benchmarks/drift.py, _captions)
-CAPTIONS_BEFORE = {"street": 0.85, "kitchen": 0.15}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -110,9 +108,9 @@ def _synthetic_sets(args) -> list[tuple[str, np.ndarray, list[tuple[np.ndarray, 
     """(name, reference, streams) of the synthetic x3 prevalence scenario, one set per seed, and of one no-drift
     stream: the codes drift.py feeds the monitor, seen as normalize(codes @ D). The reference is the last
     ``--peers-reference`` items of the monitor's reference; the streams start where the monitor starts testing."""
-    from monitor.synthetic.codes import Shift, concept_profile, embed_codes, random_dictionary, synthetic_stream
+    from monitor.synthetic.codes import embed_codes, random_dictionary, synthetic_stream
 
-    from workers.benchmarks.drift import TARGET_SCENARIO, _pick_planted
+    from workers.benchmarks.drift import TARGET_SCENARIO, _planted_scenario
 
     dictionary = random_dictionary(args.concepts, args.dim, seed=11)
     kind, size = TARGET_SCENARIO
@@ -125,11 +123,8 @@ def _synthetic_sets(args) -> list[tuple[str, np.ndarray, list[tuple[np.ndarray, 
     ref_lo = args.reference - args.peers_reference
     sets = []
     for seed in range(args.seeds):
-        profile = concept_profile(args.concepts, args.mean_l0, seed=2000 + seed)
-        planted = _pick_planted(args, np.random.default_rng(seed), profile)
-        onset = args.reference + 10 * args.batch + args.batch // 2
-        x = dense(onset + args.horizon, [Shift(int(j), onset, kind, size) for j in sorted(planted)], 2000 + seed,
-                  profile)
+        profile, _, shifts, onset = _planted_scenario(args, kind, size, seed)
+        x = dense(onset + args.horizon, shifts, 2000 + seed, profile)
         sets.append((f"shift{seed}", x[ref_lo:args.reference], [(x[args.reference:], onset - args.reference)]))
     x = dense(args.reference + args.peers_null_items, (), 1000)
     sets.append(("null", x[ref_lo:args.reference], [(x[args.reference:], None)]))
@@ -141,10 +136,9 @@ def _caption_embeddings() -> tuple[np.ndarray, dict[str, int]]:
     import warnings
 
     from monitor.concepts.encoders import create_encoder
-    from monitor.synthetic.captions import TEMPLATES, TOPICS
+    from monitor.synthetic.captions import distinct_captions
 
-    texts = sorted({t.format(subject=s, place=p, extra=e) for topic in TOPICS.values() for t in TEMPLATES
-                    for s in topic["subjects"] for p in topic["places"] for e in topic["extras"]})
+    texts = distinct_captions()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         emb = create_encoder("minilm", device="cpu", progress=False).encode_texts(texts)
@@ -156,22 +150,24 @@ def _caption_sets(args) -> list[tuple[str, np.ndarray, list[tuple[np.ndarray, in
     stream, all from the caption reference on."""
     from monitor.synthetic.captions import CaptionStream
 
+    from workers.benchmarks.drift import _caption_mix, _onset
+
     emb, row_of = _caption_embeddings()
-    after = {"street": 0.85 - args.coastal, "beach": args.coastal, "kitchen": 0.15}
+    before, after = _caption_mix(args)
 
     def dense(stream) -> np.ndarray:
         return emb[[row_of[c.text] for c in stream]]
 
-    ref = dense(CaptionStream(args.peers_reference, shift_at=args.peers_reference, before=CAPTIONS_BEFORE,
-                              after=CAPTIONS_BEFORE, seed=300))
-    onset = args.caption_reference + 10 * args.batch + args.batch // 2
+    ref = dense(CaptionStream(args.peers_reference, shift_at=args.peers_reference, before=before,
+                              after=before, seed=300))
+    onset = _onset(args, args.caption_reference)
     streams: list[tuple[np.ndarray, int | None]] = []
     for seed in range(args.seeds):
-        x = dense(CaptionStream(onset + args.horizon, shift_at=onset, before=CAPTIONS_BEFORE, after=after,
+        x = dense(CaptionStream(onset + args.horizon, shift_at=onset, before=before, after=after,
                                 seed=200 + seed))
         streams.append((x[args.caption_reference:], onset - args.caption_reference))
     n = args.caption_reference + args.peers_null_items
-    x = dense(CaptionStream(n, shift_at=n, before=CAPTIONS_BEFORE, after=CAPTIONS_BEFORE, seed=100))
+    x = dense(CaptionStream(n, shift_at=n, before=before, after=before, seed=100))
     streams.append((x[args.caption_reference:], None))
     return [("captions", ref, streams)]
 
