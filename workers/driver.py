@@ -217,9 +217,7 @@ class Pipeline:
         try:
             resumed = self.aggregator.load_checkpoint(self.job, self.config.restart, run=self.run_token)
         except ray.exceptions.RayError as exc:  # e.g. the dead-letter sink failed republishing: its typed error
-            cause = _typed_cause(exc)
-            if isinstance(cause, SpliceError):
-                raise cause from None
+            _raise_typed_cause(exc)
             raise PipelineError(f"restoring the checkpoint failed: {_short(exc)}") from exc
         if resumed and resumed.get("source") is not None:
             self.source.resume(resumed["source"])
@@ -363,9 +361,7 @@ class Pipeline:
             self.recover_aggregator(shard)
             return
         if not _failed(flight.proc_ref):
-            cause = _typed_cause(exc)  # the typed error raised inside the aggregator
-            if isinstance(cause, SpliceError):
-                raise cause from None
+            _raise_typed_cause(exc)  # the typed error raised inside the aggregator
             raise PipelineError(f"the aggregator failed committing batch {seq}: {_short(exc)}") from exc
         if flight.attempts >= self.config.max_attempts:
             raise PipelineError(f"batch {seq} failed {flight.attempts} times; last error: {_short(exc)}") from exc
@@ -406,9 +402,7 @@ class Pipeline:
             saved = self.aggregator.save_checkpoint(self.job, None, done, positions=gate.positions(self.flights),
                                                     refs=gate.refs(self.flights), run=self.run_token)
         except ray.exceptions.RayError as exc:  # e.g. the dead-letter sink failed publishing: its typed error, one line
-            cause = _typed_cause(exc)
-            if isinstance(cause, SpliceError):
-                raise cause from None
+            _raise_typed_cause(exc)
             raise
         if saved["died"]:
             for shard in saved["died"]:
@@ -503,8 +497,6 @@ class Pipeline:
 
     def summary(self, summary: dict[str, Any], stopped_by: str, pushed_to: str | None = None,
                 push_error: str | None = None) -> RunSummary:
-        import ray
-
         dead_letters = dict(summary["dead_letters"])
         duplicates = int(dead_letters.pop("duplicate", 0))
         alarms = self.aggregator.recent_alarms(1000)
@@ -633,10 +625,16 @@ def _startup_get(refs: list, what: str) -> list:
     try:
         return ray.get(refs)
     except ray.exceptions.RayError as exc:
-        cause = _typed_cause(exc)
-        if isinstance(cause, SpliceError):
-            raise cause from None
+        _raise_typed_cause(exc)
         raise PipelineError(f"{what} failed to start: {_short(exc)}") from exc
+
+
+def _raise_typed_cause(exc: BaseException) -> None:
+    """Raise again, as itself, the SpliceError an actor raised inside ``exc`` (one line for the CLI instead of Ray's
+    wrapper); return when there is none, for the caller to raise its own error."""
+    cause = _typed_cause(exc)
+    if isinstance(cause, SpliceError):
+        raise cause from None
 
 
 def _typed_cause(exc: BaseException) -> BaseException | None:
