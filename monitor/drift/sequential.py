@@ -43,9 +43,15 @@ __all__ = ["RATE_FACTORS", "FALL_FACTORS", "MEAN_SHIFTS", "REFRESH_FRACTION", "S
 # Alternatives mixed with equal weights. Prevalence: the alternative follows the null's predictive rate p: an item
 # lacks the concept with probability (1 - p)^e, i.e. rate 1 - (1 - p)^e (about e x p when rare, never above 1); rises
 # use e in RATE_FACTORS, falls in FALL_FACTORS. Activation: a mean moved by MEAN_SHIFTS standard deviations.
-# A mixture costs log(len) nats of threshold and adapts to the size of the shift.
-RATE_FACTORS: tuple[float, ...] = (1.5, 2.0, 3.0, 5.0)
-FALL_FACTORS: tuple[float, ...] = (0.75, 0.5, 0.25, 0.125)
+# A mixture costs log(len) nats of threshold and adapts to the size of the shift. The far ends (x100, /32) are for
+# a concept that appears from (almost) nothing or vanishes: a rise capped at x5 earned at most log 5 = 1.6 nats per
+# present item when a new concept's true factor is 100 or more, so a batch of 64 holding it 5 times fell short of
+# the threshold; at x100 such an item earns 4.6 nats, for log(5/4) = 0.22 nats more mixture cost on every rise.
+RATE_FACTORS: tuple[float, ...] = (1.5, 2.0, 3.0, 5.0, 100.0)
+FALL_FACTORS: tuple[float, ...] = (0.75, 0.5, 0.25, 0.125, 0.03125)
+# States saved before the far ends were added hold the first four alternatives of each grid (a prefix of the
+# grids above); load_state_dict starts the added ones at R = 0, which keeps every detector an e-process.
+_LEGACY_NF = 4
 MEAN_SHIFTS: tuple[float, ...] = (0.1, 0.2, 0.4, 0.8)
 # Jeffreys prior on a concept's rate under the null: the reference counts update it.
 _PRIOR = 0.5
@@ -78,6 +84,23 @@ def _config_dict(cfg: DriftConfig) -> dict[str, Any]:
     from dataclasses import asdict
 
     return asdict(cfg)
+
+
+def _widen_legacy(r: np.ndarray) -> np.ndarray:
+    """R of a saved state in today's row layout: a state from the four-alternative grids gets zero rows for the
+    alternatives added since (a mixture component that starts later is still an e-process); any other row count is
+    refused."""
+    want = 2 * _NF + 2 * _NK
+    if len(r) == want:
+        return r
+    if len(r) == 2 * _LEGACY_NF + 2 * _NK:
+        out = np.zeros((want, r.shape[1]))
+        out[:_LEGACY_NF] = r[:_LEGACY_NF]
+        out[_NF:_NF + _LEGACY_NF] = r[_LEGACY_NF:2 * _LEGACY_NF]
+        out[2 * _NF:] = r[2 * _LEGACY_NF:]
+        return out
+    raise ValueError(f"state: R has {len(r)} rows, expected {want} ({_NF} rise and {_NF} fall alternatives, "
+                     f"2 x {_NK} activation shifts) or the older {2 * _LEGACY_NF + 2 * _NK}")
 
 
 class SequentialResult:
@@ -616,6 +639,7 @@ class SequentialConceptTest:
         self._touch()
         idx = np.array(state["idx"], dtype=np.int64)
         tested = np.array(state["tested"], dtype=bool)
+        r = _widen_legacy(np.asarray(state["r"], dtype=np.float64))
         alpha = np.array(state["alpha"], dtype=np.float64)
         total = alpha + np.array(state["beta"], dtype=np.float64)
         if len(total) and not np.all(total == total[0]):
@@ -627,7 +651,7 @@ class SequentialConceptTest:
             null = (state["null_alpha"], float(state["null_total"]), int(state["null_n"]), state["null_wsum"],
                     state["null_wsq"])
         self._install(idx, supported, alpha, float(total[0]) if len(total) else 0.0, int(state["n"]),
-                      state["wsum"], state["wsq"], state["wmax"], state["r"], tested, null,
+                      state["wsum"], state["wsq"], state["wmax"], r, tested, null,
                       int(state.get("since", 0)))
         self.ready = bool(state["ready"])
         self.n_items = int(state["n_items"])

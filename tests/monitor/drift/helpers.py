@@ -65,7 +65,9 @@ class DirectSequential:
             for e in RATE_FACTORS + FALL_FACTORS:
                 # the alternative follows it: an item lacks the concept with probability (1 - p)^e
                 p1 = -np.expm1(e * np.log1p(-rate))
-                rows.append((presence * (np.log(p1) - np.log(rate)) + absent * (np.log1p(-p1) - np.log1p(-rate)))[None])
+                # log(1 - p1) is e log(1 - p) by definition; written from p1 it rounds to log(0) once (1 - p)^e
+                # falls under 1e-16 (e = 100 on a frequent concept)
+                rows.append((presence * (np.log(p1) - np.log(rate)) + absent * (e * np.log1p(-rate) - np.log1p(-rate)))[None])
             self.alpha += presence
             self.beta += absent
         else:

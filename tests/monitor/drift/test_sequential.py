@@ -12,6 +12,7 @@ import monitor.drift.sequential as seq_mod
 from monitor.drift import DriftConfig, MonitorConfig, ReferenceConfig, StreamMonitor, WindowConfig
 from monitor.drift.sequential import SequentialConceptTest
 from monitor.drift.stats import WindowStats
+from monitor.records import SparseCodes
 from monitor.synthetic.codes import ConceptProfile, Shift, concept_profile, synthetic_stream
 from tests.monitor.drift.helpers import DirectSequential
 
@@ -287,3 +288,52 @@ def test_a_concept_new_to_the_stream_stays_alarmed_while_it_persists_and_resolve
     assert [(a.concept_index, a.kind, a.direction) for a in resolved] == [key]
     assert end < resolved[0].item_offset <= end + 3_000
     assert key not in active_at[n_ref + quiet + on + off]
+
+
+def test_a_concept_new_to_the_stream_fires_in_the_first_batch_that_holds_it_a_few_times():
+    """A concept the reference never saw, in 5 of a batch's 64 items, carries ~4.6 nats per item against the x100
+    rise: it crosses at once. With the rise capped at x5 (the grid before) the same batch left the mixture at ~13 nats against a
+    threshold of ~16 and the alarm waited for later batches (the caption delay of issue 15)."""
+    j = int(np.argsort(PROFILE.prevalence)[C // 2])
+    prev = PROFILE.prevalence.copy()
+    prev[j] = 0.0
+    profile = ConceptProfile(prevalence=prev, scale=PROFILE.scale)
+    ref = WindowStats(C)
+    for codes, _ in synthetic_stream(C, 10_000, seed=41, mean_l0=12, batch_size=BATCH, profile=profile):
+        ref.update(codes)
+    test = SequentialConceptTest(C, DriftConfig(ert=5_000, calibrate=False))
+    test.set_reference(ref)
+    for codes, _ in synthetic_stream(C, 640, seed=42, mean_l0=12, batch_size=64, profile=profile):
+        assert not test.update(codes).fire[0, j]
+    codes = next(iter(synthetic_stream(C, 64, seed=43, mean_l0=12, batch_size=64, profile=profile)))[0]
+    rows = [codes.indices[codes.indptr[i]:codes.indptr[i + 1]] for i in range(64)]
+    vals = [codes.values[codes.indptr[i]:codes.indptr[i + 1]] for i in range(64)]
+    for i in range(0, 64, 13):  # the new concept in 5 of the 64 items
+        rows[i], vals[i] = np.append(rows[i], j), np.append(vals[i], np.float32(0.1))
+    indptr = np.concatenate([[0], np.cumsum([len(r) for r in rows])])
+    batch = SparseCodes(indptr.astype(np.int64), np.concatenate(rows).astype(np.int32),
+                        np.concatenate(vals).astype(np.float32), np.ones(64, np.float32), np.zeros(64, np.float32), C)
+    res = test.update(batch)
+    assert res.fire[0, j] and res.evidence[0, j] >= res.threshold
+    # the grid without its x100 row (the mean of the other four) would not have crossed
+    blk = test._r_up[:, test._pos[j]]
+    assert seq_mod.RATE_FACTORS[-1] == 100.0 and np.log(blk[:-1].mean()) < res.threshold
+
+
+def test_a_state_saved_with_the_four_alternative_grids_loads_with_the_added_ones_at_zero():
+    test = SequentialConceptTest(C, DriftConfig(ert=1000.0, calibrate=False))
+    test.set_reference(_reference())
+    for codes, _ in _batches(3_000, seed=44):
+        test.update(codes)
+    state = test.state_dict()
+    nf, nk, old = len(seq_mod.RATE_FACTORS), len(seq_mod.MEAN_SHIFTS), seq_mod._LEGACY_NF
+    r = state["r"]
+    legacy = np.concatenate([r[:old], r[nf:nf + old], r[2 * nf:]])
+    other = SequentialConceptTest(C, DriftConfig(ert=1000.0, calibrate=False))
+    other.load_state_dict({**state, "r": legacy})
+    got = other.state_dict()["r"]
+    assert np.array_equal(got[:old], r[:old]) and np.array_equal(got[nf:nf + old], r[nf:nf + old])
+    assert np.array_equal(got[2 * nf:], r[2 * nf:])
+    assert not got[old:nf].any() and not got[nf + old:2 * nf].any()
+    with pytest.raises(ValueError, match="rows"):
+        other.load_state_dict({**state, "r": r[:-1]})
