@@ -173,10 +173,9 @@ class Worker:
 
     # -- per-item preparation (runs on the pool) ------------------------------------------------------------------
 
-    def _prepare_image(self, item: WorkItem):
+    def _prepare_image(self, payload: Any):
         from monitor.concepts.images import decode_image
 
-        payload = item.payload
         if isinstance(payload, str):  # a path column / path field: read it here, on the worker, with limits
             from workers.sources.paths import read_path_payload
 
@@ -187,8 +186,7 @@ class Worker:
         return self.encoder.preprocess(image)
 
     @staticmethod
-    def _prepare_text(item: WorkItem) -> str:
-        payload = item.payload
+    def _prepare_text(payload: Any) -> str:
         if isinstance(payload, (bytes, bytearray)):
             try:
                 payload = bytes(payload).decode("utf-8")
@@ -201,8 +199,7 @@ class Worker:
         return payload
 
     @staticmethod
-    def _prepare_raw(item: WorkItem):
-        payload = item.payload
+    def _prepare_raw(payload: Any):
         if payload is None or (isinstance(payload, (bytes, bytearray, str)) and len(payload) == 0):
             raise BadInput("empty", "payload is empty")
         if not isinstance(payload, (bytes, bytearray, str)):
@@ -210,20 +207,36 @@ class Worker:
         return payload
 
     def _prepare(self, item: WorkItem):
+        """One item ready for the encoder (decoded pixels, a caption, a raw payload) or the BadInput that explains
+        why not."""
+        return self._prepare_payload(item.payload, item.kind, item.error)
+
+    def _prepare_payload(self, payload: Any, kind: str, error: tuple[str, str] | None):
         try:
-            if item.error is not None:
-                raise BadInput(*item.error)
-            if self._raw_payloads and item.kind in ("image", "text"):
-                return self._prepare_raw(item)
-            if item.kind == "text":
-                return self._prepare_text(item)
-            if item.kind == "image":
-                return self._prepare_image(item)
-            raise BadInput("bad_record", f"item kind must be 'image' or 'text', got {item.kind!r}")
+            if error is not None:
+                raise BadInput(*error)
+            if self._raw_payloads and kind in ("image", "text"):
+                return self._prepare_raw(payload)
+            if kind == "text":
+                return self._prepare_text(payload)
+            if kind == "image":
+                return self._prepare_image(payload)
+            raise BadInput("bad_record", f"item kind must be 'image' or 'text', got {kind!r}")
         except BadInput as exc:
             return exc
         except Exception as exc:  # a decoder bug on one file must not stop the stream
             return BadInput("other", f"{type(exc).__name__}: {exc}")
+
+    def _prepare_rows(self, batch: ItemBatch, kinds: list[str]) -> list[Any]:
+        """Every row of a batch that needs no decoding (captions, or raw payloads for an encoder that embeds them)
+        prepared in place, without a :class:`WorkItem` per row."""
+        payloads, errors = batch.payloads, batch.errors
+        if self._raw_payloads and not errors and isinstance(batch.kinds, str) and batch.kinds in ("image", "text"):
+            # the common case, one comparison per row: a non-empty bytes/str payload is taken as it is, anything
+            # else goes the long way, which names what is wrong with it
+            return [p if type(p) in _RAW_TYPES and len(p) else self._prepare_payload(p, batch.kinds, None)
+                    for p in payloads]
+        return [self._prepare_payload(p, k, errors.get(j)) for j, (p, k) in enumerate(zip(payloads, kinds))]
 
     # -- the batch path -------------------------------------------------------------------------------------------
 
@@ -232,69 +245,80 @@ class Worker:
 
         ``batch`` is a list of :class:`WorkItem`, an :class:`ItemBatch`, or a descriptor the worker resolves itself
         (anything with ``load() -> ItemBatch``: rows of a Parquet file, claimed Redis entries), so the driver never
-        carries the payloads."""
+        carries the payloads.
+
+        The batch is handled as rows of its columns: captions and raw payloads (the null encoder) are prepared
+        straight from the payload list, and only image decoding (the pool, the device path) works on one
+        :class:`WorkItem` per row, whose cost is nothing next to decoding the image."""
         t0 = time.perf_counter()
         t_read = 0.0
         if not isinstance(batch, (list, tuple, ItemBatch)):
             batch = batch.load()
             t_read = time.perf_counter() - t0
-        columns_in: ItemColumns | None = None
-        if isinstance(batch, ItemBatch):
-            columns_in = batch.columns
-            items = batch.work_items()
-        else:
+        items: list[WorkItem] | None = None
+        if not isinstance(batch, ItemBatch):
             items = list(batch)
-        row_of = {id(it): j for j, it in enumerate(items)} if columns_in is not None else None
+            batch = ItemBatch.from_items(items)
+        n = len(batch)
+        kinds = batch.kinds if isinstance(batch.kinds, list) else [batch.kinds] * n
         dead: list[DeadLetter] = []
-        ready: list[tuple[WorkItem, Any]] = []
-        on_device: list[tuple[WorkItem, Any]] = []
+        ready: list[tuple[int, Any]] = []  # (row, prepared input)
+        on_device: list[tuple[int, Any]] = []
+        rows: list[int] = list(range(n))
         t_device = 0.0
         if self._device_plan is not None:
-            on_device, items = self._device_prepare(items)
+            items = items if items is not None else batch.work_items()
+            row_of = {id(it): j for j, it in enumerate(items)}
+            pairs, rest = self._device_prepare(items)
+            on_device = [(row_of[id(it)], x) for it, x in pairs]
+            rows = [row_of[id(it)] for it in rest]
             t_device = time.perf_counter() - t0
-        texts_only = self._raw_payloads or all(it.kind == "text" for it in items)
+        texts_only = self._raw_payloads or all(kinds[j] == "text" for j in rows)
+        futures = None
         if texts_only:  # captions (and raw payloads) need no decoding: skip the pool round trip
-            prepared = [self._prepare(it) for it in items]
+            prepared = self._prepare_rows(batch, kinds) if len(rows) == n else [
+                self._prepare_payload(batch.payloads[j], kinds[j], batch.errors.get(j)) for j in rows]
         else:
-            futures = [self._pool.submit(self._prepare, it) for it in items]
+            items = items if items is not None else batch.work_items()
+            futures = [self._pool.submit(self._prepare, items[j]) for j in rows]
             prepared = None
         t_decode = 0.0
         t_encode = 0.0
         embeddings: list[Any] = []  # torch tensors, left on the encoder's device
-        kept_items: list[WorkItem] = []
+        kept_rows: list[int] = []
 
-        def flush(chunk: list[tuple[WorkItem, Any]]) -> None:
+        def flush(chunk: list[tuple[int, Any]]) -> None:
             nonlocal t_encode
             if not chunk:
                 return
             te = time.perf_counter()
-            text = chunk[0][0].kind == "text"
+            text = kinds[chunk[0][0]] == "text"
             try:
                 embeddings.append(self._encode([x for _, x in chunk], text=text))
-                kept_items.extend(it for it, _ in chunk)
+                kept_rows.extend(j for j, _ in chunk)
             except Exception:  # find the item that breaks the encoder; the others go on
-                for it, x in chunk:
+                for j, x in chunk:
                     try:
                         embeddings.append(self._encode([x], text=text))
-                        kept_items.append(it)
+                        kept_rows.append(j)
                     except Exception as exc:
-                        dead.append(_dead(it, "other", f"encoder failed: {type(exc).__name__}: {exc}"))
+                        dead.append(_dead(batch, j, "other", f"encoder failed: {type(exc).__name__}: {exc}"))
             t_encode += time.perf_counter() - te
 
         for i in range(0, len(on_device), self.encode_batch):  # JPEGs already decoded on the device
             flush(on_device[i:i + self.encode_batch])
         td = time.perf_counter()
         deadline = None if not self.batch_timeout_s else time.monotonic() + self.batch_timeout_s
-        for i, item in enumerate(items):
+        for i, j in enumerate(rows):
             x = prepared[i] if prepared is not None else _result_by(futures[i], deadline, self.batch_timeout_s)
             if isinstance(x, BadInput):
-                dead.append(_dead(item, x.reason, x.detail))
+                dead.append(_dead(batch, j, x.reason, x.detail))
                 continue
             # encode images and texts separately; a batch normally holds one kind
-            if ready and ready[-1][0].kind != item.kind:
+            if ready and kinds[ready[-1][0]] != kinds[j]:
                 flush(ready)
                 ready = []
-            ready.append((item, x))
+            ready.append((j, x))
             if len(ready) >= self.encode_batch:
                 t_decode += time.perf_counter() - td
                 flush(ready)
@@ -312,12 +336,11 @@ class Worker:
             import torch
 
             emb = torch.cat(embeddings, dim=0) if len(embeddings) > 1 else embeddings[0]
-            codes, kept = self._decompose(emb, kept_items, dead)
+            codes, kept = self._decompose(emb, kept_rows, dead, batch)
             t_solve = time.perf_counter() - ts
-            if row_of is not None:
-                columns = columns_in.take([row_of[id(kept_items[int(r)])] for r in kept])
-            else:
-                columns = ItemColumns.from_metas([kept_items[int(r)].meta for r in kept])
+            chosen = [kept_rows[r] for r in kept.tolist()]
+            # every row kept in order (the usual batch): the batch's own columns, no copy
+            columns = batch.columns if chosen == list(range(n)) else batch.columns.take(chosen)
             if codes is not None and codes.converged is not None:
                 n_nonconv = int((~np.asarray(codes.converged, dtype=bool)).sum())
         return Partial(
@@ -378,7 +401,8 @@ class Worker:
             return [], rest + [it for it, _ in chosen]
         return out, rest
 
-    def _decompose(self, emb, items: list[WorkItem], dead: list[DeadLetter]) -> tuple[SparseCodes | None, np.ndarray]:
+    def _decompose(self, emb, rows: list[int], dead: list[DeadLetter], batch: ItemBatch
+                   ) -> tuple[SparseCodes | None, np.ndarray]:
         """Decompose the batch; if the solver raises, solve row by row so only the failing items are dead-lettered."""
         try:
             # non-convergence is counted per item (metrics), not warned about once per batch
@@ -389,16 +413,16 @@ class Worker:
                 try:
                     res = self.decomposer.decompose(emb[r:r + 1], warn=False)
                 except Exception as exc:
-                    dead.append(_dead(items[r], "solver_failed", f"{type(exc).__name__}: {exc}"))
+                    dead.append(_dead(batch, rows[r], "solver_failed", f"{type(exc).__name__}: {exc}"))
                     continue
                 if res.rejected:
-                    dead.append(_dead(items[r], "bad_embedding", str(res.rejected[0][1])))
+                    dead.append(_dead(batch, rows[r], "bad_embedding", str(res.rejected[0][1])))
                     continue
                 parts.append(res.codes)
                 kept.append(r)
             return (SparseCodes.concat(parts) if parts else None), np.asarray(kept, dtype=np.int64)
         for row, detail in result.rejected:
-            dead.append(_dead(items[int(row)], "bad_embedding", str(detail)))
+            dead.append(_dead(batch, rows[int(row)], "bad_embedding", str(detail)))
         return result.codes, np.asarray(result.kept, dtype=np.int64)
 
     def _encode(self, inputs: list[Any], *, text: bool):
@@ -477,6 +501,11 @@ def _result_by(future, deadline: float | None, timeout_s: float):
         return BadInput("timeout", f"not decoded within the batch deadline of {timeout_s:g} s")
 
 
-def _dead(item: WorkItem, reason: str, detail: str) -> DeadLetter:
-    return DeadLetter(item_id=item.meta.id, stream=item.meta.stream, timestamp=item.meta.timestamp, reason=reason,
-                      detail=detail, ref=item.ref)
+def _dead(batch: ItemBatch, row: int, reason: str, detail: str) -> DeadLetter:
+    cols = batch.columns
+    return DeadLetter(item_id=cols.ids[row], stream=cols.stream_names[int(cols.stream_index[row])],
+                      timestamp=float(cols.timestamps[row]), reason=reason, detail=detail,
+                      ref=batch.refs[row] if batch.refs else "")
+
+
+_RAW_TYPES = (bytes, bytearray, str)

@@ -132,6 +132,16 @@ class ItemBatch:
     refs: list[str] = field(default_factory=list)
     errors: dict[int, tuple[str, str]] = field(default_factory=dict)
 
+    @classmethod
+    def from_items(cls, items: Sequence[WorkItem]) -> "ItemBatch":
+        """The same rows as columns (a list handed over by a source that builds :class:`WorkItem` objects)."""
+        items = list(items)
+        kinds = [it.kind for it in items]
+        return cls(columns=ItemColumns.from_metas([it.meta for it in items]), payloads=[it.payload for it in items],
+                   kinds=kinds[0] if kinds and kinds.count(kinds[0]) == len(kinds) else kinds,
+                   refs=[it.ref for it in items] if any(it.ref for it in items) else [],
+                   errors={j: it.error for j, it in enumerate(items) if it.error is not None})
+
     def __len__(self) -> int:
         return len(self.columns)
 

@@ -40,6 +40,40 @@ def test_null_worker_counts_every_item(tmp_path, solver):
         assert part.codes.converged is None
 
 
+def test_a_batch_as_columns_gives_the_same_partial_as_the_same_items_as_objects(tmp_path):
+    """Sources hand workers columns (ItemBatch), tests and benchmarks lists of WorkItem: the rows prepared straight
+    from the payload column must give the same codes, items and dead letters (reasons, ids, streams, references)."""
+    import numpy as np
+
+    from workers.items import ItemBatch
+
+    vocab = tmp_path / "vocab.txt"
+    vocab.write_text("\n".join(f"concept {i}" for i in range(50)) + "\n")
+    worker = Worker.create(WorkerConfig(model="null:16", vocab=str(vocab), solver="off", device="cpu",
+                                        cache_dir=str(tmp_path)))
+    items = [WorkItem(meta=ItemMeta(id=f"i{i}", timestamp=1.0 + i, stream=f"cam{i % 3}"), payload=bytes([i]) * 9,
+                      ref=f"r{i}") for i in range(20)]
+    items[4] = WorkItem(meta=ItemMeta(id="e", timestamp=9.5, stream="cam1"), payload=b"", ref="r-e")
+    items[7] = WorkItem(meta=ItemMeta(id="n", timestamp=9.0, stream="cam2"), payload=None, ref="r-n")
+    try:
+        for errors in (False, True):
+            if errors:
+                items[11] = WorkItem(meta=items[11].meta, payload=b"x", ref="r11", error=("bad_record", "no ts"))
+            worker.decomposer._rng = np.random.default_rng(0)  # the random codes of solver="off": same draws
+            a = worker.process(list(items))
+            worker.decomposer._rng = np.random.default_rng(0)
+            b = worker.process(ItemBatch.from_items(items))
+            assert a.items == b.items and a.dead_letters == b.dead_letters
+            assert np.array_equal(a.codes.indices, b.codes.indices) and np.array_equal(a.codes.values, b.codes.values)
+            assert [(d.item_id, d.stream, d.timestamp, d.reason, d.ref) for d in a.dead_letters] == [
+                ("e", "cam1", 9.5, "empty", "r-e"), ("n", "cam2", 9.0, "empty", "r-n")] + (
+                [("i11", "cam2", 12.0, "bad_record", "r11")] if errors else [])
+            assert [m.id for m in a.items] == [f"i{i}" for i in range(20) if i not in (4, 7) and not
+                                               (errors and i == 11)]
+    finally:
+        worker.close()
+
+
 def test_batched_device_preprocessing_equals_one_image_at_a_time():
     """Images decoded on the device are resized and normalised in groups of equal size; each result must equal
     preprocessing that image alone, and come back in input order whatever the mix of sizes."""
