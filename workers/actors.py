@@ -15,10 +15,11 @@ from typing import Any
 
 import numpy as np
 
-from monitor.records import Alarm, ItemMeta, SparseCodes, WindowSummary
+from monitor.drift.routing import stream_groups
+from monitor.records import Alarm, SparseCodes, WindowSummary
 from workers.config import AggregatorConfig, HistoryReference
 from workers.core import Worker, WorkerConfig
-from workers.items import DeadLetter, Partial
+from workers.items import DeadLetter, ItemColumns, Partial
 from workers.ledger import CommitLedger
 
 __all__ = ["WorkerHost", "AggregatorCore", "CommitResult", "worker_actor_class",
@@ -166,51 +167,33 @@ class AggregatorCore:
         return result
 
     def _apply_batch(self, seq: int, partial: Partial, latency_s: float | None) -> CommitResult:
-        rows: list[int] = []
-        in_batch: set[str] = set()
-        dead: list[DeadLetter] = []
-
-        def duplicate(item_id: str, stream: str, timestamp: float, ref: str) -> DeadLetter | None:
-            # a repeated id is a dead letter with reason "duplicate", so that sent = counted + dead letters
-            first = None if item_id in in_batch else self.ledger.counted_in(item_id)
-            if item_id not in in_batch and first is None:
-                in_batch.add(item_id)
-                return None
-            where = "earlier in the same batch" if first is None else f"in batch {first}"
-            return DeadLetter(item_id=item_id, stream=stream, timestamp=float(timestamp), reason="duplicate",
-                              detail=f"id {item_id!r} was already counted {where}", ref=ref)
-
-        for r, meta in enumerate(partial.items):
-            letter = duplicate(meta.id, meta.stream, meta.timestamp, "")
-            if letter is None:
-                rows.append(r)
-            else:
-                dead.append(letter)
-        for d in partial.dead_letters:
-            letter = duplicate(d.item_id, d.stream, d.timestamp, d.ref)
-            dead.append(d if letter is None else letter)
+        columns = partial.columns
+        # a repeated id is a dead letter with reason "duplicate", so that sent = counted + dead letters
+        rows, dead, counted_ids = self.ledger.admit(columns, partial.dead_letters)
         skipped = sum(1 for d in dead if d.reason == "duplicate")
-        ids = list(in_batch)
         # Stream capacity is checked before any state changes: the monitor and the metrics each refuse a stream past
         # their max_streams, and a refusal half-way through applying a batch would leave it counted but not
         # committed, so a retry would count it again.
-        rows, over = self._within_stream_limit(partial, rows, dead)
+        rows, over = self._within_stream_limit(columns, rows)
         dead += over
-        result = CommitResult(seq=seq, counted=len(rows), dead_letters=len(dead), skipped_ids=skipped)
+        n_rows = len(columns) if rows is None else len(rows)
+        result = CommitResult(seq=seq, counted=n_rows, dead_letters=len(dead), skipped_ids=skipped)
         if dead:
             # first, before any state changes: a sink that fails (after its retries) fails this commit cleanly, the
             # batch is not acknowledged, and nothing of it has been counted
             self.sink.write(dead)
-        if rows:
-            codes = partial.codes if len(rows) == len(partial.items) else partial.codes.take(rows)
-            items = partial.items if len(rows) == len(partial.items) else [partial.items[r] for r in rows]
-            result.alarms = self._apply(codes, items, latency_s)
+        if n_rows:
+            if rows is None:
+                codes, kept = partial.codes, columns
+            else:
+                codes, kept = partial.codes.take(rows), columns.take(rows)
+            result.alarms = self._apply(codes, kept, latency_s)
         if dead and self.metrics is not None:  # after the rows, which hold their stream slots already
             for (stream, reason), n in Counter((d.stream, d.reason) for d in dead).items():
                 self.metrics.observe_dead_letter(stream, reason, n=n)  # refused streams: one shared label
         result.windows_closed = self._drain_windows()
-        self.ledger.record(seq, ids)
-        self.counted += len(rows)
+        self.ledger.record(seq, counted_ids)
+        self.counted += n_rows
         self.batches += 1
         self.skipped_ids += skipped
         self._note_alarms(result.alarms)
@@ -223,43 +206,45 @@ class AggregatorCore:
             limit, setting = int(self.metrics.max_streams), "metrics max_streams (MonitorMetrics(max_streams=...))"
         return limit, setting
 
-    def _within_stream_limit(self, partial: Partial, rows: list[int], dead: list[DeadLetter]
-                             ) -> tuple[list[int], list[DeadLetter]]:
-        """Split ``rows`` into those whose stream fits under the stream limit and dead letters for the rest.
+    def _within_stream_limit(self, columns: ItemColumns, rows: np.ndarray | None
+                             ) -> tuple[np.ndarray | None, list[DeadLetter]]:
+        """Split ``rows`` (None: all) into those whose stream fits under the stream limit and dead letters for the
+        rest.
 
         New streams are admitted in batch order while both the monitor and the metrics have room."""
-        known_monitor = set(self.monitor.streams())
-        known_metrics = set(self.metrics.streams) if self.metrics is not None else set()
+        index = columns.stream_index if rows is None else columns.stream_index[rows]
+        groups = stream_groups(index, columns.stream_names)
+        known_monitor = self.monitor.monitors
+        known_metrics = set(self.metrics.streams) if self.metrics is not None else None
+        if all(stream in known_monitor and (known_metrics is None or stream in known_metrics)
+               for stream, _ in groups):
+            return rows, []  # no new stream in the batch (the usual case)
+        known_monitor = set(known_monitor)
         limit_monitor = int(self.monitor.config.max_streams)
         limit_metrics = int(self.metrics.max_streams) if self.metrics is not None else None
-        admitted: dict[str, bool] = {}
-
-        def fits(stream: str) -> bool:
-            ok = admitted.get(stream)
-            if ok is None:
-                ok = ((stream in known_monitor or len(known_monitor) < limit_monitor)
-                      and (limit_metrics is None or stream in known_metrics or len(known_metrics) < limit_metrics))
-                if ok:
-                    known_monitor.add(stream)
-                    if limit_metrics is not None:
-                        known_metrics.add(stream)
-                admitted[stream] = ok
-            return ok
-
-        kept: list[int] = []
-        over: list[DeadLetter] = []
-        limit, setting = self.stream_limit()
-        for r in rows:
-            meta = partial.items[r]
-            if fits(meta.stream):
-                kept.append(r)
+        refused: set[str] = set()
+        for stream, _ in groups:
+            if ((stream in known_monitor or len(known_monitor) < limit_monitor)
+                    and (known_metrics is None or stream in known_metrics or len(known_metrics) < limit_metrics)):
+                known_monitor.add(stream)
+                if known_metrics is not None:
+                    known_metrics.add(stream)
             else:
-                over.append(DeadLetter(
-                    item_id=meta.id, stream=meta.stream, timestamp=float(meta.timestamp), reason="stream_limit",
-                    detail=f"stream {meta.stream!r} is beyond the limit of {limit} streams ({setting}); raise it "
-                           f"(--max-streams) if this many streams are intended",
-                    ref=str(getattr(meta, "ref", "") or "")))
-        return kept, over
+                refused.add(stream)
+        if not refused:
+            return rows, []
+        limit, setting = self.stream_limit()
+        names = columns.streams()
+        kept, over = [], []
+        for r in (range(len(columns)) if rows is None else rows.tolist()):
+            if names[r] not in refused:
+                kept.append(r)
+                continue
+            over.append(DeadLetter(
+                item_id=columns.ids[r], stream=names[r], timestamp=float(columns.timestamps[r]), reason="stream_limit",
+                detail=f"stream {names[r]!r} is beyond the limit of {limit} streams ({setting}); raise it "
+                       f"(--max-streams) if this many streams are intended"))
+        return np.asarray(kept, dtype=np.int64), over
 
     # -- reference from the history store -------------------------------------------------------------------------
 
@@ -289,25 +274,23 @@ class AggregatorCore:
             self.monitor.set_reference(stream, window)
             self.reference_streams.append(stream)
 
-    def _reference_new_streams(self, items: list[ItemMeta]) -> None:
+    def _reference_new_streams(self, streams: list[str]) -> None:
         if self._fallback_reference is None:
             return
-        known = set(self.monitor.streams())
-        for stream in dict.fromkeys(m.stream for m in items):
-            if stream not in known:
+        for stream in streams:
+            if stream not in self.monitor.monitors:
                 self.monitor.set_reference(stream, self._fallback_reference)
 
-    def _apply(self, codes: SparseCodes, items: list[ItemMeta], latency_s: float | None) -> list[Alarm]:
-        self._reference_new_streams(items)
-        alarms = list(self.monitor.update(codes, items) or [])
-        for stream, n in Counter(m.stream for m in items).items():
-            self.streams[stream] += n
+    def _apply(self, codes: SparseCodes, columns: ItemColumns, latency_s: float | None) -> list[Alarm]:
+        groups = stream_groups(columns.stream_index, columns.stream_names)
+        self._reference_new_streams([stream for stream, _ in groups])
+        alarms = list(self.monitor.update_columns(codes, columns.timestamps, columns.stream_index,
+                                                  columns.stream_names) or [])
+        for stream, rows in groups:
+            self.streams[stream] += len(codes) if rows is None else len(rows)
         if self.metrics is not None:
-            by_stream: dict[str, list[int]] = {}
-            for r, m in enumerate(items):
-                by_stream.setdefault(m.stream, []).append(r)
-            for stream, rows in by_stream.items():
-                part = codes if len(by_stream) == 1 else codes.take(rows)
+            for stream, rows in groups:
+                part = codes if rows is None else codes.take(rows)
                 self.metrics.observe_batch(stream, part, latency_s=latency_s)
                 self.metrics.set_reference_fill(stream, self.reference_fill(stream)["ratio"])
                 if part.converged is not None:
@@ -317,7 +300,7 @@ class AggregatorCore:
         if codes.converged is not None:
             self.nonconverged += int((~np.asarray(codes.converged, dtype=bool)).sum())
         if self.history is not None and self.config.write_codes:
-            self.history.write_codes(codes, items)
+            self.history.write_codes(codes, columns.metas())
         return alarms
 
     def _drain_windows(self) -> int:
@@ -397,7 +380,7 @@ class AggregatorCore:
         """How far ``stream``'s reference is built and how many drift tests ran (see workers.summary)."""
         from workers.summary import reference_fill
 
-        return reference_fill(self.monitor.status(stream), self.monitor.config)
+        return reference_fill(self.monitor.progress(stream), self.monitor.config)
 
     # -- resumable batch jobs (backfill) ----------------------------------------------------------------------------
 

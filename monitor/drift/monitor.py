@@ -32,11 +32,12 @@ from monitor.drift.detectors import (HYPOTHESES, AlarmBook, DriftConfig, StepRes
 from monitor.drift.sequential import SequentialConceptTest
 from monitor.errors import ConfigError
 from monitor.records import Alarm, ItemMeta, SparseCodes, WindowSummary
+from monitor.drift.routing import stream_groups
 from monitor.drift.stats import ConceptMoments, WindowStats
 from monitor.drift.windows import ClosedWindow, Reference, ReferenceConfig, TumblingWindows, WindowConfig, WindowRing
 
-__all__ = ["DEFAULT_MAX_STREAMS", "MonitorConfig", "StreamStatus", "StreamMonitor", "ConceptMonitor", "WindowConfig",
-           "ReferenceConfig", "DriftConfig"]
+__all__ = ["DEFAULT_MAX_STREAMS", "MonitorConfig", "StreamStatus", "StreamProgress", "StreamMonitor", "ConceptMonitor",
+           "WindowConfig", "ReferenceConfig", "DriftConfig"]
 
 # One bound for every per-stream structure (monitors here, metric label sets in monitor.metrics.families), so the
 # aggregator hits the same limit everywhere and can check it once before it changes any state.
@@ -111,6 +112,18 @@ class StreamStatus:
     stream_score: float  # Jensen-Shannon divergence (bits) between reference and current concept mass
     active_alarms: list[Alarm]
     n_alarms_fired: int
+
+
+@dataclass(frozen=True)
+class StreamProgress:
+    """The counts of a :class:`StreamStatus` that say how far a stream got (its reference fill, the tests run)."""
+
+    stream: str
+    n_images: int
+    n_windows: int
+    steps: int
+    reference_mode: str
+    reference_ready: bool
 
 
 # The alarm book reads evidence, figures and gates only at its active alarms and at the hypotheses that fire: build
@@ -367,6 +380,13 @@ class StreamMonitor:
             n_alarms_fired=self.book.n_fired,
         )
 
+    def progress(self) -> StreamProgress:
+        """How far the stream got (the counts of :meth:`status`), without reading out the drift tests: cheap
+        enough for every batch."""
+        return StreamProgress(stream=self.stream, n_images=self.windows.n_images, n_windows=self.n_windows,
+                              steps=self.steps, reference_mode=self.reference.mode,
+                              reference_ready=self.reference.ready(self.ring, self.config.window.view))
+
     def restart_tests(self) -> None:
         """Start every sequential detector again from zero evidence and forget active alarms (an operator's reset
         after handling an alert; the benchmark's null runs use it to count independent false alarms)."""
@@ -481,21 +501,33 @@ class ConceptMonitor:
         """Route the rows of a batch to their streams' monitors; returns all alarms raised."""
         if len(items) != len(codes):
             raise ValueError(f"items: {len(items)} items for {len(codes)} rows of codes")
-        streams = [it.stream for it in items]
-        new = [s for s in dict.fromkeys(streams) if s not in self.monitors]
+        names: dict[str, int] = {}
+        index = np.fromiter((names.setdefault(it.stream, len(names)) for it in items), dtype=np.int64,
+                            count=len(items))
+        timestamps = np.fromiter((it.timestamp for it in items), dtype=np.float64, count=len(items))
+        return self.update_columns(codes, timestamps, index, list(names))
+
+    def update_columns(self, codes: SparseCodes, timestamps: np.ndarray, stream_index: np.ndarray,
+                       stream_names: list[str]) -> list[Alarm]:
+        """:meth:`update` for a batch held as columns: row i has event time ``timestamps[i]`` and belongs to stream
+        ``stream_names[stream_index[i]]`` (what the pipeline's workers send), so no object per row is built."""
+        n = len(codes)
+        if len(timestamps) != n or len(stream_index) != n:
+            raise ValueError(f"update_columns: {len(timestamps)} timestamps and {len(stream_index)} stream rows for "
+                             f"{n} rows of codes")
+        groups = stream_groups(stream_index, stream_names)
+        new = [s for s, _ in groups if s not in self.monitors]
         if len(self.monitors) + len(new) > self.config.max_streams:
             # refuse the whole batch before any stream's state moves, so a retry cannot double-count rows
             raise ValueError(f"batch brings new streams {new[:10]} that would exceed "
                              f"max_streams={self.config.max_streams}; tracked: {sorted(self.monitors)[:10]}")
-        first = streams[0] if streams else None
-        if all(s == first for s in streams):
-            return self.monitor(first).update(codes, items) if first is not None else []
-        names = np.array(streams, dtype=object)
+        ts = np.asarray(timestamps, dtype=np.float64)
         alarms: list[Alarm] = []
-        for stream in dict.fromkeys(streams):
-            mask = names == stream
-            sel = np.flatnonzero(mask)
-            alarms += self.monitor(stream).update(codes.select(mask), [items[i] for i in sel])
+        for stream, rows in groups:
+            if rows is None:
+                alarms += self.monitor(stream).update(codes, timestamps=ts)
+            else:
+                alarms += self.monitor(stream).update(codes.select(rows), timestamps=ts[rows])
         return alarms
 
     def flush(self) -> list[Alarm]:
@@ -517,6 +549,11 @@ class ConceptMonitor:
         if stream not in self.monitors:
             raise KeyError(f"unknown stream {stream!r}; known: {sorted(self.monitors)}")
         return self.monitors[stream].status()
+
+    def progress(self, stream: str) -> StreamProgress:
+        if stream not in self.monitors:
+            raise KeyError(f"unknown stream {stream!r}; known: {sorted(self.monitors)}")
+        return self.monitors[stream].progress()
 
     @property
     def active_alarms(self) -> list[Alarm]:

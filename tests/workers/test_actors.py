@@ -21,12 +21,13 @@ NAMES = [f"concept{j}" for j in range(12)]
 MONITOR = MonitorConfig(window=WindowConfig(kind="count", size=50), reference=ReferenceConfig(mode="fixed", n_images=100))
 
 
-def _partial(streams: list[str], prefix: str = "i", seed: int = 0) -> Partial:
+def _partial(streams: list[str], prefix: str = "i", seed: int = 0, ids: list[str] | None = None) -> Partial:
     rng = np.random.default_rng(seed)
     n = len(streams)
     dense = np.where(rng.random((n, len(NAMES))) < 0.3, rng.random((n, len(NAMES))), 0.0)
     codes = SparseCodes.from_dense(dense, fidelity=np.full(n, 0.9), l1=0.25)
-    items = [ItemMeta(id=f"{prefix}{k}", timestamp=1000.0 + k, stream=s) for k, s in enumerate(streams)]
+    ids = ids or [f"{prefix}{k}" for k in range(n)]
+    items = [ItemMeta(id=i, timestamp=1000.0 + k, stream=s) for k, (i, s) in enumerate(zip(ids, streams))]
     return Partial(codes=codes, items=items)
 
 
@@ -157,8 +158,7 @@ def test_repeated_ids_are_duplicate_dead_letters_and_the_counts_add_up(tmp_path)
     agg = AggregatorCore(AggregatorConfig(monitor=MONITOR, metrics_port=0, metrics_host="127.0.0.1",
                                           dead_letter=str(tmp_path / "dl"), recent_ids=100), NAMES, "space")
     try:
-        first = _partial(["s"] * 4)
-        first.items[3] = ItemMeta(id="i1", timestamp=1003.0, stream="s")  # repeats i1 within the batch
+        first = _partial(["s"] * 4, ids=["i0", "i1", "i2", "i1"])  # repeats i1 within the batch
         r1 = agg.commit(1, first)
         assert (r1.counted, r1.dead_letters, r1.skipped_ids) == (3, 1, 1)
         r2 = agg.commit(2, _partial(["s"] * 3, prefix="i"), released=(1,))  # i0..i2 again, batch 1 acknowledged
@@ -192,8 +192,7 @@ def test_remembered_ids_are_bounded():
 
 def test_a_dead_letter_sink_that_fails_leaves_the_batch_uncounted_so_a_retry_counts_it_once(tmp_path):
     agg = AggregatorCore(AggregatorConfig(monitor=MONITOR, dead_letter=str(tmp_path / "dl")), NAMES, "space")
-    partial = _partial(["s"] * 3)
-    partial.items[2] = ItemMeta(id="i0", timestamp=1002.0, stream="s")  # one duplicate: a dead letter to write
+    partial = _partial(["s"] * 3, ids=["i0", "i1", "i0"])  # one duplicate: a dead letter to write
     (tmp_path / "dl").rmdir()
     (tmp_path / "dl").write_bytes(b"")  # the sink cannot write
     try:

@@ -129,3 +129,71 @@ def test_count_windows_in_history_equal_the_windows_closed_for_any_commit_order(
             assert stored == _stored_count_windows(sorted(order), set(), sizes, window, in_order)[2]
 
     check()
+
+
+class _OneIdAtATime:
+    """The ledger's id bookkeeping written the plain way, one id per step: what the bulk operations must equal."""
+
+    def __init__(self, recent_ids: int) -> None:
+        self.recent_ids, self.open, self.open_ids, self.recent = recent_ids, {}, {}, {}
+
+    def record(self, seq, ids):
+        self.open[seq] = list(ids)
+        for i in ids:
+            self.open_ids[i] = seq
+
+    def forget(self, seq):
+        for i in self.open.pop(seq, ()):
+            if self.open_ids.get(i) == seq:
+                del self.open_ids[i]
+                self.recent.pop(i, None)
+                self.recent[i] = seq
+        while len(self.recent) > self.recent_ids:
+            del self.recent[next(iter(self.recent))]
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_bulk_id_bookkeeping_equals_one_id_at_a_time(seed):
+    """Batches recorded and released in random order, ids repeating across open batches (so some ids are held by
+    a later batch when an earlier one is released): the open ids and the recent window (content and eviction
+    order) match the plain per-id algorithm at every step."""
+    rng = np.random.default_rng(seed)
+    ledger, plain = CommitLedger(recent_ids=50), _OneIdAtATime(50)
+    unreleased = []
+    for seq in range(1, 80):
+        ids = list(dict.fromkeys(f"id{k}" for k in rng.integers(0, 300, size=rng.integers(1, 25))))
+        assert [s for s, _ in ledger.arrive(seq, None)] == [seq]
+        ledger.record(seq, ids)
+        plain.record(seq, ids)
+        unreleased.append(seq)
+        rng.shuffle(unreleased)
+        k = int(rng.integers(0, 4))
+        done, unreleased = unreleased[:k], unreleased[k:]
+        ledger.release(done)
+        for s in done:
+            plain.forget(s)
+        state = ledger.state()
+        assert {s: ids for s, ids in state["open"]} == plain.open
+        assert [tuple(x) for x in state["recent"]] == list(plain.recent.items())
+        assert ledger._open_ids == plain.open_ids
+
+
+def test_admit_reports_repeated_ids_and_the_fast_path_agrees_with_the_slow_one():
+    from workers.items import DeadLetter, ItemColumns
+
+    ledger = CommitLedger()
+    cols = ItemColumns(["a", "b", "c"], [1.0, 2.0, 3.0], [0, 1, 0], ["s", "t"])
+    rows, dead, ids = ledger.admit(cols, [])
+    assert rows is None and dead == [] and ids == ["a", "b", "c"]  # every id new: all rows
+    list(ledger.arrive(1, None))
+    ledger.record(1, ids)
+    letter = DeadLetter(item_id="d", stream="s", timestamp=4.0, reason="empty", detail="payload is empty")
+    again = ItemColumns(["x", "b", "x", "y"], [5.0, 6.0, 7.0, 8.0], [0, 1, 1, 0], ["s", "t"])
+    rows, dead, ids = ledger.admit(again, [letter])
+    assert rows.tolist() == [0, 3] and ids == ["x", "y", "d"]
+    assert [(d.item_id, d.stream, d.timestamp, d.reason) for d in dead] == [
+        ("b", "t", 6.0, "duplicate"), ("x", "t", 7.0, "duplicate"), ("d", "s", 4.0, "empty")]
+    assert "in batch 1" in dead[0].detail and "earlier in the same batch" in dead[1].detail
+    # a batch with no repeat but a dead letter of its own takes the slow path and still counts every row
+    rows, dead, ids = ledger.admit(ItemColumns(["p", "q"], [1.0, 2.0], [0, 0], ["s"]), [letter])
+    assert rows.tolist() == [0, 1] and dead == [letter] and ids == ["p", "q", "d"]
