@@ -33,6 +33,7 @@ class AckGate:
         if every_s < 0 or max_held < 1:
             raise ValueError(f"every_s must be >= 0 and max_held >= 1, got {every_s!r} and {max_held!r}")
         self.source = source
+        source.keep_refs()  # every batch must know its items' references when it is read (refs, filter)
         self.every_s = float(every_s)
         self.max_held = int(max_held)
         self.held: dict[int, Held] = {}

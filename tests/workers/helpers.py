@@ -107,5 +107,6 @@ def drain(source, size=3):
         batch = source.read(size, timeout_s=0.05)
         if batch is None:
             return out
+        batch.items  # processed before acknowledged: a Redis worker-claim batch claims its entries when loaded
         source.ack(batch)
         out.append(batch)

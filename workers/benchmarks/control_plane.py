@@ -28,6 +28,7 @@ from workers.benchmarks import cpu_model
 
 SOURCES = ("parquet", "redis")
 SOLVER_MODES = ("off", "on")
+CLAIMS = ("driver", "worker")
 
 
 def _list(text: str, allowed: tuple[str, ...], flag: str) -> list[str]:
@@ -53,12 +54,17 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     import ray
 
     sources = _list(args.sources, SOURCES, "--sources")
+    claims = _list(getattr(args, "redis_claim", "driver"), CLAIMS, "--redis-claim")
+    # a Redis run per claim mode: "redis" (the driver claims, the default) and "redis_worker" in the keys below
+    runs = [(s, c) for s in sources for c in (claims if s == "redis" else ["driver"])]
     solvers = _list(args.solver, SOLVER_MODES, "--solver")
     counts = _counts(args.workers or "1,2,4")
     concepts = args.concepts or 10_000
     for flag, value, low in (("--items", args.items, 1), ("--solver-items", args.solver_items, 1),
                              ("--payload-bytes", args.payload_bytes, 1), ("--dim", args.dim, 2),
-                             ("--batch-size", args.batch_size, 1)):
+                             ("--batch-size", args.batch_size, 1),
+                             ("--aggregators", getattr(args, "aggregators", 1), 1),
+                             ("--streams", getattr(args, "streams", 1), 1)):
         if value < low:
             raise ConfigError(f"{flag} must be >= {low}, got {value}")
     result: dict[str, Any] = {
@@ -69,6 +75,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "model": f"null:{args.dim}",
         "n_concepts": concepts,
         "batch_size": args.batch_size,
+        "aggregators": getattr(args, "aggregators", 1),
+        "streams": getattr(args, "streams", 1),
         "payload_bytes": args.payload_bytes,
         "items": {"off": args.items, "on": args.solver_items},
         "runs": [],
@@ -86,17 +94,21 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             started_ray = True
         if "redis" in sources:
             redis = _RedisServer(tmp)
-        for source in sources:
+        for source, claim in runs:
+            name = "redis_worker" if claim == "worker" else source
             for solver in solvers:
                 n = args.items if solver == "off" else args.solver_items
                 payloads = _payloads(n, args.payload_bytes, args.seed)
                 for workers in counts:
-                    uri = _fill(source, payloads, tmp, redis, f"s-{source}-{solver}-{workers}", args.batch_size)
+                    uri = _fill(source, payloads, tmp, redis, f"s-{name}-{solver}-{workers}", args.batch_size,
+                                getattr(args, "streams", 1))
+                    if source == "redis":
+                        uri += f"&claim={claim}"
                     r = _one(args, uri, vocab, solver, workers, n, redis if source == "redis" else None,
-                             os.path.join(tmp, "history", f"{source}-{solver}-{workers}"))
-                    r.update(source=source, solver=solver, workers=workers)
+                             os.path.join(tmp, "history", f"{name}-{solver}-{workers}"))
+                    r.update(source=name, solver=solver, workers=workers)
                     result["runs"].append(r)
-                    print(f"[bench pipeline] {source} solver={solver} workers={workers}: "
+                    print(f"[bench pipeline] {name} solver={solver} workers={workers}: "
                           f"{r['items_per_s']:.0f} items/s", file=sys.stderr, flush=True)
     finally:
         if redis is not None:
@@ -145,19 +157,24 @@ def _payloads(n: int, size: int, seed: int) -> list[bytes]:
     return [row.tobytes() for row in block]
 
 
-def _fill(source: str, payloads: list[bytes], tmp: str, redis, key: str, row_group: int) -> str:
+def _fill(source: str, payloads: list[bytes], tmp: str, redis, key: str, row_group: int, streams: int = 1) -> str:
+    cameras = [f"cam-{i % streams}" for i in range(len(payloads))] if streams > 1 else None
     if source == "parquet":
         import pyarrow as pa
         import pyarrow.parquet as pq
 
         path = os.path.join(tmp, f"{key}.parquet")
         if not os.path.exists(path):
-            pq.write_table(pa.table({"image": pa.array(payloads, pa.binary()),
-                                     "ts": np.arange(len(payloads), dtype=np.float64) + 1_700_000_000.0}), path,
+            columns = {"image": pa.array(payloads, pa.binary()),
+                       "ts": np.arange(len(payloads), dtype=np.float64) + 1_700_000_000.0}
+            if cameras:
+                columns["camera"] = pa.array(cameras)
+            pq.write_table(pa.table(columns), path,
                            row_group_size=row_group)  # one row group per batch: each worker decodes only its rows
-        return f"parquet://{path}?image_column=image&timestamp_column=ts"
-    redis.fill(key, payloads)
-    return f"{redis.url}?stream={key}&group=bench&drain=1"
+        return (f"parquet://{path}?image_column=image&timestamp_column=ts"
+                + ("&stream_column=camera" if cameras else ""))
+    redis.fill(key, payloads, cameras)
+    return f"{redis.url}?stream={key}&group=bench&drain=1" + ("&stream_field=camera" if cameras else "")
 
 
 def _one(args, uri: str, vocab: str, solver: str, workers: int, n: int, redis, history: str) -> dict[str, Any]:
@@ -178,7 +195,9 @@ def _one(args, uri: str, vocab: str, solver: str, workers: int, n: int, redis, h
 
     def actors(worker_handles, aggregator):
         procs["workers"] = [ray.get(w.pid.remote()) for w in worker_handles]
-        procs["aggregator"] = [ray.get(aggregator.pid.remote())]
+
+    def aggregators(group):
+        procs["aggregator"] = ray.get([a.pid.remote() for a in group.actors])
 
     def started(info):
         marks["cpu0"] = _cpu_snapshot(procs, redis)
@@ -200,9 +219,9 @@ def _one(args, uri: str, vocab: str, solver: str, workers: int, n: int, redis, h
         source=uri,
         worker=WorkerConfig(model=f"null:{args.dim}", vocab=vocab, solver="lasso" if solver == "on" else "off",
                             encode_batch=args.batch_size, device="cpu"),
-        workers=workers, batch_size=args.batch_size,
+        workers=workers, batch_size=args.batch_size, aggregators=getattr(args, "aggregators", 1),
         monitor=MonitorConfig(window=WindowConfig(kind="count", size=10_000)), metrics_port=0, history=history)
-    summary = run_pipeline(config, on_started=started, on_progress=progress, hooks={"actors": actors})
+    summary = run_pipeline(config, on_started=started, on_progress=progress, hooks={"actors": actors, "aggregators": aggregators})
     if summary.images + summary.dead_letters_total != n or summary.images != n:
         raise RuntimeError(f"pipeline counted {summary.images} images and {summary.dead_letters_total} dead letters "
                            f"of {n} items")
@@ -223,8 +242,9 @@ def _one(args, uri: str, vocab: str, solver: str, workers: int, n: int, redis, h
 
 
 def _cpu_snapshot(procs: dict[str, list[int]], redis) -> dict[str, float]:
-    """CPU seconds (user + system) so far of each role: the driver (this process, every thread), the aggregator, the
-    workers (summed), redis-server, and Ray's own processes (GCS, raylet with its object store, and helpers)."""
+    """CPU seconds (user + system) so far of each role: the driver (this process, every thread), the aggregators
+    (summed, and each as ``aggregator_<i>``), the workers (summed), redis-server, and Ray's own processes (GCS,
+    raylet with its object store, and helpers)."""
     import psutil
 
     def cpu(pid: int) -> float:
@@ -241,6 +261,9 @@ def _cpu_snapshot(procs: dict[str, list[int]], redis) -> dict[str, float]:
     ray_procs = [p.pid for p in me.children(recursive=True) if p.pid not in mine]
     snap = {"driver": cpu(me.pid), "aggregator": sum(cpu(p) for p in procs.get("aggregator", [])),
             "workers": sum(cpu(p) for p in procs.get("workers", [])), "ray_system": sum(cpu(p) for p in ray_procs)}
+    aggs = procs.get("aggregator", [])
+    if len(aggs) > 1:
+        snap.update({f"aggregator_{i}": cpu(p) for i, p in enumerate(aggs)})
     if redis is not None:
         snap["redis"] = cpu(redis.pid)
     return snap
@@ -320,11 +343,14 @@ class _RedisServer:
                     raise RuntimeError(f"redis-server did not start on port {port}") from None
                 time.sleep(0.05)
 
-    def fill(self, key: str, payloads: list[bytes]) -> None:
+    def fill(self, key: str, payloads: list[bytes], cameras: list[str] | None = None) -> None:
         self.client.delete(key)
         pipe = self.client.pipeline(transaction=False)
         for i, p in enumerate(payloads):
-            pipe.xadd(key, {"image": p, "ts": str(1_700_000_000.0 + i)})
+            fields = {"image": p, "ts": str(1_700_000_000.0 + i)}
+            if cameras:
+                fields["camera"] = cameras[i]
+            pipe.xadd(key, fields)
             if i % 1000 == 999:
                 pipe.execute()
         pipe.execute()

@@ -33,7 +33,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "minutes per thousand concepts to build a dictionary, built once and cached; 10000 with null)")
     p.add_argument("--images", type=int, default=192, help="JPEGs per measured run (default: %(default)s)")
     p.add_argument("--image-size", type=int, default=256, help="JPEG side in pixels (default: %(default)s)")
-    p.add_argument("--batch-size", type=int, default=None, help="items per batch (default: 32 with clip, 256 with null)")
+    p.add_argument("--batch-size", type=int, default=None,
+                   help="items per batch (default: 32 with clip; 1024 with null, the batch a GPU worker runs)")
     p.add_argument("--workers", default=None,
                    help="comma-separated worker counts to run (default: 1,2 with clip, 1,2,4 with null)")
     p.add_argument("--no-ray", action="store_true", help="bench the worker core alone (no Ray), e.g. on a GPU")
@@ -53,6 +54,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--payload-bytes", type=int, default=4_096,
                    help="bytes per item payload, which the source and Ray carry (default: %(default)s)")
     g.add_argument("--dim", type=int, default=512, help="null embedding dimension (default: %(default)s)")
+    g.add_argument("--streams", type=int, default=1,
+                   help="streams the items are spread over, round robin (a camera column / field); with "
+                        "--aggregators N > 1 they are what gets sharded (default: %(default)s)")
+    g.add_argument("--redis-claim", default="driver",
+                   help="who claims Redis entries: driver, worker, or both as a comma-separated list (the redis "
+                        "source's claim= option; default: %(default)s)")
+    g.add_argument("--aggregators", type=int, default=1,
+                   help="aggregator actors the streams are sharded onto (default: %(default)s); the CPU of each is "
+                        "reported (cpu_us_per_item.aggregator_<i>)")
     g.add_argument("--profile", action="store_true",
                    help="cProfile the driver's main thread and report its top functions per run")
 
@@ -199,7 +209,9 @@ def run(args: argparse.Namespace) -> dict:
 
     if args.encoder == "null":
         if args.batch_size is None:
-            args.batch_size = 256
+            # a GPU worker (the deployment this bench sizes, ~10k images/s each) encodes 1,024+ images per batch;
+            # 256 is recorded beside it in docs/benchmarks.md to show the per-batch overheads
+            args.batch_size = 1024
         from workers.benchmarks import control_plane
 
         return control_plane.run(args)

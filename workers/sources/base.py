@@ -94,6 +94,11 @@ class Source:
     def ack(self, batch: SourceBatch) -> None:
         """Mark ``batch`` as committed; the source will not deliver its items again."""
 
+    def keep_refs(self) -> None:
+        """The run checkpoints (``workers/acks.py``): from now on every batch read must answer ``refs()`` and
+        ``without()``. A source whose batches learn their items only on a worker (Redis worker claims) switches
+        to a way that knows them when reading."""
+
     def checkpoint(self) -> dict | None:
         """Position after the last acknowledged batch, for resuming (files only); None when not resumable."""
         return None

@@ -51,11 +51,31 @@ def test_control_plane_counts_every_item_on_both_sources_with_the_solver_on_and_
             ref["cpu_us_per_item_1_thread"] / runs[(source, "on")]["cpu_us_per_item"]["workers"])
 
 
+@pytest.mark.skipif(shutil.which("redis-server") is None, reason="redis-server is not installed")
+def test_worker_claims_and_two_aggregators_count_every_item_and_report_each_aggregators_cpu(ray_local):
+    result = bench.run(_args("--sources", "redis", "--redis-claim", "driver,worker", "--aggregators", "2",
+                             "--streams", "8", "--solver", "off", "--workers", "1", "--items", "700",
+                             "--concepts", "600", "--batch-size", "64", "--payload-bytes", "256"))
+    assert result["aggregators"] == 2 and result["streams"] == 8
+    runs = {r["source"]: r for r in result["runs"]}
+    assert set(runs) == {"redis", "redis_worker"}
+    for r in runs.values():
+        assert r["items"] == 700  # the bench raises unless every item was counted
+        cpu = r["cpu_us_per_item"]
+        assert {"aggregator_0", "aggregator_1", "redis"} <= set(cpu)
+        # the per-aggregator figures are the summed one split (each rounded to 0.1 us)
+        assert cpu["aggregator_0"] + cpu["aggregator_1"] == pytest.approx(cpu["aggregator"], abs=0.11)
+        assert cpu["aggregator_0"] > 0 and cpu["aggregator_1"] > 0  # 8 streams: both shards get work
+    assert result["items_per_s_redis_worker_solver_off_1w"] == runs["redis_worker"]["items_per_s"]
+
+
 @pytest.mark.parametrize("argv, match", [
     (("--sources", "kafka"), "--sources"),
     (("--solver", "maybe"), "--solver"),
     (("--workers", "0"), "--workers"),
     (("--items", "0"), "--items"),
+    (("--aggregators", "0"), "--aggregators"),
+    (("--redis-claim", "both"), "--redis-claim"),
 ])
 def test_bad_options_name_the_flag(argv, match):
     with pytest.raises(ConfigError, match=match):

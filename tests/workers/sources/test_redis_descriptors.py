@@ -1,7 +1,10 @@
-"""Redis batches are descriptors: the driver claims entries for the group by a script that returns only their ids,
-and a worker fetches the fields itself on its own connection. Claimed entries are pending (so nothing is lost),
-ids interleaved with another consumer's are fetched exactly, an entry deleted after its claim is counted nowhere,
-and a worker killed after the claim has its batch resubmitted and counted once (real redis-server, real Ray)."""
+"""Redis batches are descriptors. By default the driver claims by a script that returns only ids and the worker
+fetches the fields: claimed entries are pending (so nothing is lost), ids interleaved with another consumer's are
+fetched exactly, an entry deleted after its claim is counted nowhere. With ``claim=worker`` a worker claims its
+batch itself under a consumer of that batch's own (XREADGROUP, fields in the reply) and the driver acknowledges by
+deleting the consumer; the claim is idempotent, a restarted run hands its predecessor's pending batches out again,
+the takeover of idle entries leaves this run's batches alone, and a run that checkpoints claims in the driver.
+A worker killed after the claim has its batch resubmitted and counted once (real redis-server, real Ray)."""
 
 from __future__ import annotations
 
@@ -9,8 +12,10 @@ import os
 import pickle
 import signal
 
+import pytest
+
 from workers.sources import open_source
-from workers.sources.redis_streams import StreamEntries
+from workers.sources.redis_streams import StreamClaim, StreamEntries
 
 
 def _add(client, key, n, size=4096):
@@ -60,8 +65,103 @@ def test_ids_interleaved_with_another_consumer_and_deleted_entries(redis_url, re
     assert redis_client.xpending("s", "g")["pending"] == 0
 
 
+def _pending_by_consumer(client, key):
+    return {c["name"].decode(): int(c["pending"]) for c in client.xinfo_consumers(key, "g")}
+
+
+def test_a_worker_claims_its_batch_and_the_driver_acks_it_by_deleting_the_consumer(redis_url, redis_client):
+    ids = _add(redis_client, "frames", 40)
+    src = open_source(f"{redis_url}?stream=frames&group=g&consumer=a&drain=1&stream_field=camera&claim=worker")
+    batch = src.read(32, timeout_s=0.1)
+    assert isinstance(batch.work, StreamClaim) and batch.work.count == 32
+    assert redis_client.xpending("frames", "g")["pending"] == 0  # the driver read no entry, claimed none
+    assert len(pickle.dumps(batch.payload())) < 600  # a consumer name and a count
+    work = pickle.loads(pickle.dumps(batch.work))  # as a worker process gets it
+    loaded = work.load()
+    assert loaded.columns.ids == [i.decode() for i in ids[:32]]
+    assert loaded.payloads == [bytes([i % 251]) * 4096 for i in range(32)]
+    assert loaded.columns.streams() == [f"c{i % 3}" for i in range(32)]
+    assert loaded.columns.timestamps.tolist() == [1_700_000_000.0 + i for i in range(32)] and not loaded.errors
+    assert _pending_by_consumer(redis_client, "frames") == {batch.token: 32}
+    # claimed again (Ray re-running the task, a resubmission): the same entries, nothing new taken
+    assert work.load().columns.ids == loaded.columns.ids
+    assert redis_client.xpending("frames", "g")["pending"] == 32
+    src.ack(batch)
+    assert redis_client.xpending("frames", "g")["pending"] == 0 and _pending_by_consumer(redis_client, "frames") == {}
+    rest = src.read(32, timeout_s=0.1)
+    assert rest.work.count == 8 and rest.work.load().columns.ids == [i.decode() for i in ids[32:]]
+    src.ack(rest)
+    assert src.read(32, timeout_s=0.05) is None
+
+
+def test_a_restarted_run_hands_out_its_predecessors_pending_batches_again(redis_url, redis_client):
+    ids = _add(redis_client, "frames", 10, size=8)
+    first = open_source(f"{redis_url}?stream=frames&group=g&consumer=a&claim=worker")
+    done, lost, never = (first.read(4, timeout_s=0.1) for _ in range(3))
+    assert done.work.load().columns.ids == [i.decode() for i in ids[:4]]
+    first.ack(done)
+    assert lost.work.load().columns.ids == [i.decode() for i in ids[4:8]]  # claimed, the run dies before the ack
+    first.close()  # ``never`` was handed out and never claimed: its entries are still undelivered
+    again = open_source(f"{redis_url}?stream=frames&group=g&consumer=a&drain=1&claim=worker")
+    batches = []
+    while (b := again.read(4, timeout_s=0.05)) is not None:
+        batches.append(b.work.load().columns.ids)
+        again.ack(b)
+    assert batches[0] == [i.decode() for i in ids[4:8]] and sum(batches, []) == [i.decode() for i in ids[4:]]
+    assert redis_client.xpending("frames", "g")["pending"] == 0 and _pending_by_consumer(redis_client, "frames") == {}
+
+
+def test_the_takeover_of_idle_entries_leaves_this_runs_batches_alone(redis_url, redis_client):
+    import time
+
+    ids = _add(redis_client, "frames", 6, size=8)
+    dead = open_source(f"{redis_url}?stream=frames&group=g&consumer=dead")
+    dead.read(2, timeout_s=0.1)  # a dead consumer's two entries, never acknowledged
+    src = open_source(f"{redis_url}?stream=frames&group=g&consumer=a&drain=1&claim_idle_ms=50&claim=worker")
+    slow = src.read(2, timeout_s=0.1)
+    slow_ids = slow.work.load().columns.ids  # on a worker, idle past claim_idle_ms before its commit
+    time.sleep(0.2)
+    heir = src.read(2, timeout_s=0.1)  # the dead consumer's entries, by id; not the slow batch's
+    assert isinstance(heir.work, StreamEntries) and list(heir.work.ids) == ids[:2]
+    assert slow_ids == [i.decode() for i in ids[2:4]] and _pending_by_consumer(redis_client, "frames")[slow.token] == 2
+    src.ack(heir)
+    src.ack(slow)
+    tail = src.read(2, timeout_s=0.1)
+    assert tail.work.load().columns.ids == [i.decode() for i in ids[4:]]
+    src.ack(tail)
+    assert src.read(2, timeout_s=0.05) is None and redis_client.xpending("frames", "g")["pending"] == 0
+
+
+def test_worker_claims_end_a_drained_stream_whose_lag_redis_cannot_count(redis_url, redis_client):
+    ids = _add(redis_client, "frames", 6, size=8)
+    redis_client.xdel("frames", ids[2], ids[5])  # deletions past the group's position: XINFO's lag is nil
+    src = open_source(f"{redis_url}?stream=frames&group=g&drain=1&claim=worker")
+    got = []
+    for _ in range(10):
+        b = src.read(2, timeout_s=0.05)
+        if b is None:
+            break
+        got += b.items and [it.meta.id for it in b.items]
+        src.ack(b)
+    assert b is None and got == [ids[k].decode() for k in (0, 1, 3, 4)]
+
+
+def test_a_run_that_checkpoints_claims_in_the_driver(redis_url, redis_client, tmp_path):
+    from workers.acks import AckGate
+
+    ids = _add(redis_client, "frames", 4, size=8)
+    src = open_source(f"{redis_url}?stream=frames&group=g&drain=1&claim=worker")
+    AckGate(src)  # its acknowledgements need each batch's references when read
+    batch = src.read(4, timeout_s=0.1)
+    assert isinstance(batch.work, StreamEntries) and list(batch.work.ids) == ids
+    assert batch.refs()[0].endswith("?stream=frames#" + ids[0].decode())
+
+
+@pytest.mark.parametrize("claim", ["worker", "driver"])
 def test_a_worker_killed_after_the_claim_is_resubmitted_and_counted_once(ray_local, redis_url, redis_client,
-                                                                      tmp_path):
+                                                                      tmp_path, claim):
+    import time
+
     import ray
 
     from monitor.drift.monitor import MonitorConfig, WindowConfig
@@ -75,12 +175,16 @@ def test_a_worker_killed_after_the_claim_is_resubmitted_and_counted_once(ray_loc
     killed = []
 
     def after_submit(seq, workers):
-        if seq == 3 and not killed:  # batches 1-3 are claimed (pending) and on the workers
+        if seq == 3 and not killed:  # batches 1-3 are on the workers, claimed by the driver or being claimed there
+            deadline = time.monotonic() + 30
+            while (claim == "worker" and redis_client.xpending("kill", "g")["pending"] < 40
+                   and time.monotonic() < deadline):  # two of the three batches claimed on the workers
+                time.sleep(0.01)
             killed.append(redis_client.xpending("kill", "g")["pending"])
             os.kill(ray.get(workers[0].pid.remote()), signal.SIGKILL)
 
     config = PipelineConfig(
-        source=f"{redis_url}?stream=kill&group=g&drain=1",
+        source=f"{redis_url}?stream=kill&group=g&drain=1&claim={claim}",
         worker=WorkerConfig(model="null:32", vocab=str(vocab), solver="off", device="cpu", cache_dir=str(tmp_path)),
         workers=2, batch_size=20, history=str(tmp_path / "h"), write_codes=True,
         monitor=MonitorConfig(window=WindowConfig(kind="count", size=50)))

@@ -33,7 +33,7 @@ def test_redis_source_acks_only_what_it_is_told_and_drains(redis_url, redis_clie
 
 def test_redis_restart_under_same_consumer_rereads_its_unacknowledged_entries(redis_url, redis_client):
     ids = _add(redis_client, "frames", 4)
-    first = RedisSource(redis_url, stream="frames", group="g", consumer="worker-1")
+    first = RedisSource(redis_url, stream="frames", group="g", consumer="worker-1", claim="driver")  # acks by id
     taken = first.read(4, timeout_s=0.1)
     assert len(taken) == 4
     first.ack(type(taken)(seq=0, items=taken.items[:1], token=taken.token[:1]))
