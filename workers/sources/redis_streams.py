@@ -6,8 +6,8 @@ Two ways to claim, both keeping the payloads out of the driver and out of Ray:
 - ``claim=driver`` (the default): the driver claims by a script that runs XREADGROUP inside Redis and returns only
   the ids, hands a worker the ids (:class:`StreamEntries`), the worker fetches the fields (XRANGE), and the driver
   acknowledges by id list (XACK) after the commit. Batches hold consecutive entries in stream order, so count
-  windows cut the stream as a file source would. The script's price is Redis copying every payload into Lua:
-  measured about 14 us of redis-server CPU per 4 kB entry and 170 us per 32 kB entry (docs/benchmarks.md).
+  windows cut the stream as a file source would. The script's price is Redis copying every payload into Lua,
+  and the worker's XRANGE has Redis assemble it again (redis-server CPU per item of each mode: docs/benchmarks.md).
 - ``claim=worker``: the driver hands a worker a :class:`StreamClaim` (a consumer name of that batch's own and a
   count); the worker claims with XREADGROUP under that name and gets the fields in the same reply; the driver
   acknowledges the whole batch by deleting that consumer (XGROUP DELCONSUMER drops its pending entries: an XACK of
