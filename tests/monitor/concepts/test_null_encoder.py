@@ -80,6 +80,29 @@ def test_solver_off_returns_random_codes_with_distinct_concepts(tmp_path):
     assert ((codes.fidelity > 0) & (codes.fidelity <= 1)).all()
 
 
+def test_solver_off_codes_are_a_function_of_the_item_not_of_the_worker(tmp_path):
+    """Two workers (two decomposers) give an item the same code in any batch and position, and different items
+    independent ones: a per-process generator made every worker replay one sequence, so with two workers batch
+    pairs carried identical codes and the drift tests fired on the bench's stationary stream."""
+    vocab = [f"c{i}" for i in range(1000)]
+    enc, one = create_decomposer("null:48", vocab=vocab, cache_dir=tmp_path, device="cpu", solver="off")
+    _, two = create_decomposer("null:48", vocab=vocab, cache_dir=tmp_path, device="cpu", solver="off")
+    payloads = [i.to_bytes(4, "little") * 3 for i in range(400)]
+    a = one.decompose(enc.encode_payloads(payloads)).codes
+    b = two.decompose(enc.encode_payloads(payloads[::-1])).codes.take(np.arange(399, -1, -1))
+    assert np.array_equal(a.indices, b.indices) and np.array_equal(a.values, b.values)
+    assert np.array_equal(a.fidelity, b.fidelity)
+    # independent items: the concept of each slot uniform over its stride (chi-square, 49 degrees of freedom: the
+    # bound is its 1e-5 tail), weights uniform on [0.01, 0.3]
+    assert len({tuple(a.row(i)[0].tolist()) for i in range(len(a))}) == 400
+    stride = 1000 // RANDOM_CODE_L0
+    offsets = a.indices.reshape(400, RANDOM_CODE_L0) - np.arange(RANDOM_CODE_L0) * stride
+    counts = np.bincount(offsets.reshape(-1), minlength=stride)
+    expected = offsets.size / stride
+    assert len(counts) == stride and ((counts - expected) ** 2 / expected).sum() < 100
+    assert 0.01 <= a.values.min() and a.values.max() <= 0.3 and abs(a.values.mean() - 0.155) < 0.01
+
+
 def test_solver_off_is_validated(tmp_path):
     enc = NullEncoder(16, device="cpu")
     d = build_dictionary(enc, [f"c{i}" for i in range(40)], cache_dir=tmp_path)
