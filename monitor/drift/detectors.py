@@ -78,9 +78,9 @@ class DriftConfig:
     floor (0.0, the default, disables it); a firing one resolves once the change stays below ``clear_ratio`` x the
     floor (or its evidence below ``clear_ratio`` x threshold) for ``clear_steps`` tests. Like ``min_count`` it only
     suppresses alarms, so the false-alarm bound holds.
-    ``calibrate``: spend the budget: when the reference is set, a short simulation from the reference measures how
-    far beyond ERT the analytic threshold puts the no-drift run length, and lowers the threshold by that factor
-    (over a margin of 1.3). False keeps the analytic threshold, whose run length is proved >= ERT but is several
+    ``calibrate``: spend the budget: when the reference is set, a short simulation from the reference (its own items
+    when the monitor kept them) measures how far beyond ERT the analytic threshold puts the no-drift run length, and
+    lowers the threshold by that factor (aiming at 1.4 x ERT). False keeps the analytic threshold, whose run length is proved >= ERT but is several
     times longer in practice.
     """
 

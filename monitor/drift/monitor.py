@@ -219,6 +219,9 @@ class StreamMonitor:
         # closed-window count when the fixed reference was completed / the history reference loaded: reference age
         self._fixed_mark: int | None = None
         self._history_mark = 0
+        # the fixed reference's own items while it fills, for the calibration to resample (bounded by its size;
+        # dropped once calibrated, and not saved: a monitor restored mid-reference calibrates without them)
+        self._reference_rows: list[SparseCodes] = []
 
     # -- feeding ----------------------------------------------------------------------------------------------
     def update(self, codes: SparseCodes, items: list[ItemMeta] | None = None, *,
@@ -242,6 +245,8 @@ class StreamMonitor:
             return []
         self._batches += 1
         n_ref = self.reference.offer(codes, ts)
+        if n_ref and not self.seq.ready and self.config.drift.calibrate:
+            self._reference_rows.append(codes if n_ref == n else codes.slice(0, n_ref))
         closed = self.windows.add(codes, ts, n_reference=n_ref)
         alarms = self._on_closed(closed)
         # a fixed reference is never tested against itself: only the rows after the ones it took
@@ -299,7 +304,9 @@ class StreamMonitor:
         self.seq.set_reference(ref[0])
         self._seq_source = want
         if first and self.config.drift.calibrate:
-            self.seq.calibrate(self._batch_hint())
+            rows = SparseCodes.concat(self._reference_rows) if self._reference_rows else None
+            self.seq.calibrate(self._batch_hint(), rows=rows)
+        self._reference_rows = []
 
     def _batch_hint(self) -> int:
         """The stream's mean batch size so far: the calibration simulates batches of that size."""
