@@ -219,9 +219,7 @@ class StreamMonitor:
         # closed-window count when the fixed reference was completed / the history reference loaded: reference age
         self._fixed_mark: int | None = None
         self._history_mark = 0
-        # the fixed reference's own items while it fills, for the calibration to resample (bounded by its size;
-        # dropped once calibrated, and not saved: a monitor restored mid-reference calibrates without them)
-        self._reference_rows: list[SparseCodes] = []
+        self._reference_rows: list[SparseCodes] = []  # the fixed reference's items until calibrate() (not saved)
 
     # -- feeding ----------------------------------------------------------------------------------------------
     def update(self, codes: SparseCodes, items: list[ItemMeta] | None = None, *,
@@ -304,9 +302,7 @@ class StreamMonitor:
         self.seq.set_reference(ref[0])
         self._seq_source = want
         if first and self.config.drift.calibrate:
-            rows = SparseCodes.concat(self._reference_rows) if self._reference_rows else None
-            self.seq.calibrate(self._batch_hint(), rows=rows)
-        self._reference_rows = []
+            self.seq.calibrate(self._batch_hint(), rows=self._reference_rows)  # empties the list
 
     def _batch_hint(self) -> int:
         """The stream's mean batch size so far: the calibration simulates batches of that size."""

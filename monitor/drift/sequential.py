@@ -346,7 +346,8 @@ class SequentialConceptTest:
         return math.log(self.config.ert * max(self._n_hyp, 1)) - self.spend
 
     # -- spending the budget ----------------------------------------------------------------------------------------
-    def calibrate(self, batch_size: int, *, rows: SparseCodes | None = None, target: float = CALIBRATION_TARGET,
+    def calibrate(self, batch_size: int, *, rows: SparseCodes | list[SparseCodes] | None = None,
+                  target: float = CALIBRATION_TARGET,
                   seed: int = 0, min_alarms: int = 120, max_batches: int = 12_000, max_concepts: int = 1000,
                   sim_batches: float = SIM_BATCHES) -> float:
         """Measure how far beyond ERT the bound log(H x ERT) puts the run length on this reference, and lower the
@@ -355,7 +356,7 @@ class SequentialConceptTest:
         The detectors run on a simulated no-drift stream at a small ERT' (``sim_batches`` batches), where false
         alarms are frequent; the ratio run length / ERT' is the overshoot of the crossings, carried over to the real
         ERT. The stream is drawn from the reference. With its ``rows`` (the reference's own items, as the monitor
-        keeps them while a fixed reference fills) it resamples whole items, so concepts that co-occur in the data
+        keeps them while a fixed reference fills; one SparseCodes or a list of batches) it resamples whole items, so concepts that co-occur in the data
         co-occur in the simulation (an independent simulation predicted caption run lengths ~2x too short); the
         items are drawn with Bayesian-bootstrap weights (Dirichlet(1, ..., 1) over the rows) so that each concept's
         rate varies like its uncertainty given the reference, and concepts the reference never saw appear at a rate
@@ -363,6 +364,9 @@ class SequentialConceptTest:
         with a rate drawn from its posterior Beta(x + 1/2, n - x + 1/2), weights from a gamma law with its
         reference mean and variance.
         """
+        if isinstance(rows, list):  # the batches a monitor kept while its reference filled: taken, and the list
+            rows, kept = (SparseCodes.concat(rows) if rows else None), rows  # emptied so the monitor holds none
+            kept.clear()
         if not self.ready or not len(self.idx):
             return 0.0
         m = max(int(batch_size), 1)
