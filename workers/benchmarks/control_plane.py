@@ -220,7 +220,10 @@ def _one(args, uri: str, vocab: str, solver: str, workers: int, n: int, redis, h
         worker=WorkerConfig(model=f"null:{args.dim}", vocab=vocab, solver="lasso" if solver == "on" else "off",
                             encode_batch=args.batch_size, device="cpu"),
         workers=workers, batch_size=args.batch_size, aggregators=getattr(args, "aggregators", 1),
-        monitor=MonitorConfig(window=WindowConfig(kind="count", size=10_000)), metrics_port=0, history=history)
+        # every stream of --streams tracked (the default bound, 64, would dead-letter the rest as stream_limit)
+        monitor=MonitorConfig(window=WindowConfig(kind="count", size=10_000),
+                              max_streams=max(MonitorConfig().max_streams, getattr(args, "streams", 1))),
+        metrics_port=0, history=history)
     summary = run_pipeline(config, on_started=started, on_progress=progress, hooks={"actors": actors, "aggregators": aggregators})
     if summary.images + summary.dead_letters_total != n or summary.images != n:
         raise RuntimeError(f"pipeline counted {summary.images} images and {summary.dead_letters_total} dead letters "
