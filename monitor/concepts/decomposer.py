@@ -184,8 +184,16 @@ class Decomposer:
 
         Z = self._as_matrix(embeddings)
         n = Z.shape[0]
-        finite = torch.isfinite(Z).all(dim=1)
-        Zs = torch.where(finite[:, None], Z, torch.zeros((), device=Z.device, dtype=Z.dtype))
+        # A NaN or inf entry always makes its row's sum NaN or inf, so a finite sum clears a row with one reduction;
+        # only the rows it does not clear are checked entry by entry. (isfinite(Z).all(dim=1) over the whole batch
+        # took ~10 ms for 1,024 x 512 on one CPU thread, most of the worker's time with the null encoder.)
+        finite = torch.isfinite(Z.sum(dim=1))
+        if bool(finite.all()):
+            Zs = Z
+        else:
+            unclear = (~finite).nonzero().flatten()
+            finite[unclear] = torch.isfinite(Z[unclear]).all(dim=1)
+            Zs = torch.where(finite[:, None], Z, torch.zeros((), device=Z.device, dtype=Z.dtype))
         norms = torch.linalg.vector_norm(Zs, dim=1)
         ok = finite & (norms > _EPS)
         unit = Zs / norms.clamp_min(_EPS)[:, None]

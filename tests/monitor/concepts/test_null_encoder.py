@@ -103,6 +103,21 @@ def test_solver_off_codes_are_a_function_of_the_item_not_of_the_worker(tmp_path)
     assert 0.01 <= a.values.min() and a.values.max() <= 0.3 and abs(a.values.mean() - 0.155) < 0.01
 
 
+def test_rows_whose_sum_is_not_finite_are_judged_entry_by_entry(tmp_path):
+    """The finiteness check clears rows by their sum; a row whose finite entries overflow the sum is still finite
+    (and then fails later for what it is), a row with +inf and -inf (sum NaN) is reported as inf."""
+    enc, dec = create_decomposer("null:48", vocab=[f"c{i}" for i in range(100)], cache_dir=tmp_path,
+                                 device="cpu", solver="off")
+    z = enc.encode_payloads([bytes([i]) * 10 for i in range(6)])
+    z[1] = 3e38  # every entry finite, the sum overflows
+    z[2, 0], z[2, 1] = float("inf"), float("-inf")
+    z[3, 5] = float("nan")
+    res = dec.decompose(z)
+    reasons = dict(res.rejected)
+    assert res.kept.tolist() == [0, 4, 5] and sorted(reasons) == [1, 2, 3]
+    assert "contains" not in reasons[1] and "contains inf" in reasons[2] and "contains NaN" in reasons[3]
+
+
 def test_solver_off_is_validated(tmp_path):
     enc = NullEncoder(16, device="cpu")
     d = build_dictionary(enc, [f"c{i}" for i in range(40)], cache_dir=tmp_path)
