@@ -168,13 +168,30 @@ class RedisSource(Source):
         self._pel_cursor: bytes | str = "-"
         self._claim_cursor = "-"
         self._last_claim = 0.0
-        if self.worker_claims:
-            self._retrying("start", self._find_old_consumers)
+        # a previous run's per-batch consumers (claim=worker) still holding entries: handed out again, or, when
+        # this run claims in the driver, moved onto this consumer and re-read by id
+        self._retrying("start", self._find_old_consumers)
+        if not self.worker_claims and self._old_consumers:
+            self._retrying("taking over a previous run's batches", self._adopt_old_consumers)
 
     def keep_refs(self) -> None:
         """The run checkpoints: its acknowledgements need every batch's entry ids when it is read, so the driver
-        claims (``claim=driver``) from here on."""
+        claims (``claim=driver``) from here on. A previous run's per-batch consumers still holding entries are
+        moved onto this consumer (XCLAIM), to be re-read by id like its own pending entries."""
         self.worker_claims = False
+        if self._old_consumers:
+            self._retrying("taking over a previous run's batches", self._adopt_old_consumers)
+
+    def _adopt_old_consumers(self) -> None:
+        for name, pending in self._old_consumers:
+            rows = self.client.xpending_range(self.key, self.group, min="-", max="+", count=pending,
+                                              consumername=name)
+            ids = [r["message_id"] for r in rows]
+            if ids:
+                self.client.xclaim(self.key, self.group, self.consumer, 0, ids, justid=True)
+            self.client.xgroup_delconsumer(self.key, self.group, name)
+        self._old_consumers = []
+        self._own_pending, self._pel_cursor = True, "-"
 
     def _find_old_consumers(self) -> None:
         """Per-batch consumers a previous run under this ``consumer`` name left: those with pending entries are

@@ -157,6 +157,38 @@ def test_a_run_that_checkpoints_claims_in_the_driver(redis_url, redis_client, tm
     assert batch.refs()[0].endswith("?stream=frames#" + ids[0].decode())
 
 
+def test_a_checkpointing_rerun_reads_a_worker_claim_runs_leftovers_by_id(redis_url, redis_client):
+    from workers.acks import AckGate
+
+    ids = _add(redis_client, "frames", 6, size=8)
+    first = open_source(f"{redis_url}?stream=frames&group=g&consumer=a&claim=worker")
+    lost = first.read(4, timeout_s=0.1)
+    lost.work.load()  # claimed on a worker; the run dies before the ack
+    first.close()
+    again = open_source(f"{redis_url}?stream=frames&group=g&consumer=a&drain=1&claim=worker")
+    AckGate(again)  # the rerun checkpoints: every batch needs its ids when read
+    got = []
+    while (b := again.read(4, timeout_s=0.05)) is not None:
+        assert isinstance(b.work, StreamEntries) and len(b.refs()) == len(b)
+        got += list(b.work.ids)
+        again.ack(b)
+    assert got == ids and redis_client.xpending("frames", "g")["pending"] == 0
+    assert set(_pending_by_consumer(redis_client, "frames")) <= {"a"}
+
+
+def test_a_driver_claim_rerun_reads_a_worker_claim_runs_leftovers_by_id(redis_url, redis_client):
+    ids = _add(redis_client, "frames", 6, size=8)
+    first = open_source(f"{redis_url}?stream=frames&group=g&consumer=a&claim=worker")
+    first.read(4, timeout_s=0.1).work.load()  # claimed on a worker; the run dies before the ack
+    first.close()
+    again = open_source(f"{redis_url}?stream=frames&group=g&consumer=a&drain=1")  # claim=driver
+    got = []
+    while (b := again.read(4, timeout_s=0.05)) is not None:
+        got += list(b.work.ids)
+        again.ack(b)
+    assert got == ids and redis_client.xpending("frames", "g")["pending"] == 0
+
+
 @pytest.mark.parametrize("claim", ["worker", "driver"])
 def test_a_worker_killed_after_the_claim_is_resubmitted_and_counted_once(ray_local, redis_url, redis_client,
                                                                       tmp_path, claim):
