@@ -53,7 +53,7 @@ return {0}
 """
 
 # Take over entries idle on other consumers (dead ones), ids only: {last id scanned or '', id, id, ...}. Entries of
-# this run's own per-batch consumers (names starting with ARGV[5]) are skipped: a worker holds them and the batch's
+# this consumer's per-batch consumers (names starting with ARGV[5]) are skipped: a worker holds them and the batch's
 # consumer is deleted on its ack, so moving them would strand them. Per entry, but only over idle pending entries,
 # which only a dead consumer leaves.
 _TAKE_OVER_IDS = """
@@ -213,9 +213,10 @@ class RedisSource(Source):
 
     def _claim(self, max_items: int) -> list:
         """Take over entries pending longer than ``claim_idle_ms`` on another consumer (one that died): their ids
-        only, now pending on this consumer. This run's own per-batch consumers are left alone."""
+        only, now pending on this consumer. Per-batch consumers under this consumer's name are left alone: this
+        run's are on workers, and a previous run's were all handed out again at the start."""
         out: list = []
-        skip = f"{self.consumer}:{self._run}:" if self.worker_claims or self._claims else ""
+        skip = f"{self.consumer}:" if self.worker_claims or self._claims else ""
         while len(out) < max_items:
             count = min(_TAKE_OVER_CHUNK, max_items - len(out))
             reply = self._take_over(keys=[self.key], args=[self.group, self.consumer, self.claim_idle_ms, count,
