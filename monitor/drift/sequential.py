@@ -625,18 +625,20 @@ class SequentialConceptTest:
 
     def evidence_at(self, h: np.ndarray, j: np.ndarray) -> np.ndarray:
         """``evidence[h, j]`` of a few entries without computing the others (the same arithmetic)."""
+        h, j = np.asarray(h, dtype=np.int64), np.asarray(j, dtype=np.int64)
         if self._evidence is not None:
             return self._evidence[h, j]
         out = np.zeros(len(h))
-        on = (self._prev, self._prev, self._act, self._act)
-        for i, (hh, jj) in enumerate(zip(np.asarray(h).tolist(), np.asarray(j).tolist())):
-            p = int(self._pos[jj])
-            if p < 0 or not on[hh] or (hh > 0 and p >= self._ns):
-                continue
-            mix = self._mixtures(hh, np.array([p]))
-            if mix.size:
-                with np.errstate(divide="ignore"):
-                    out[i] = np.maximum(np.log(mix), 0.0)[0]
+        if not len(h):
+            return out
+        p = self._pos[j]
+        on = np.array([self._prev, self._prev, self._act, self._act])
+        ok = (p >= 0) & on[h] & ((h == 0) | (p < self._ns))
+        for hh in np.unique(h[ok]).tolist():
+            sel = np.flatnonzero(ok & (h == hh))
+            blk = self._r[p[sel], self._hcols[hh]]
+            with np.errstate(divide="ignore"):
+                out[sel] = np.maximum(np.log(_row_sum(blk) / blk.shape[1]), 0.0)
         return out
 
     def _screen(self, first_only: bool) -> list[tuple[int, np.ndarray]]:

@@ -32,10 +32,19 @@ __all__ = [
     "WindowStats",
 ]
 
-def _select(codes: SparseCodes, rows: np.ndarray | None) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """(indices, values, fidelity, l0) of the selected rows without building a new SparseCodes (cheap row masks)."""
+def _select(codes: SparseCodes, rows: np.ndarray | slice | None
+            ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(indices, values, fidelity, l0) of the selected rows without building a new SparseCodes (cheap row masks;
+    a slice of rows, what count windows take, is a view of the CSR arrays)."""
     if rows is None:
         return codes.indices, codes.values, codes.fidelity, codes.l0
+    if isinstance(rows, slice):
+        lo, hi, step = rows.indices(len(codes))
+        if step == 1:
+            hi = max(hi, lo)
+            a, b = int(codes.indptr[lo]), int(codes.indptr[hi])
+            return codes.indices[a:b], codes.values[a:b], codes.fidelity[lo:hi], codes.l0[lo:hi]
+        rows = np.arange(lo, hi, step)
     mask = codes.row_mask(rows)
     nz_mask = np.repeat(mask, codes.l0)
     return codes.indices[nz_mask], codes.values[nz_mask], codes.fidelity[mask], codes.l0[mask]
@@ -162,7 +171,7 @@ class ConceptMoments(Statistic):
             raise ValueError(f"{what} has {n_concepts} concepts, these statistics have {self.n_concepts}")
 
     def update(self, codes: SparseCodes, rows: np.ndarray | None = None) -> None:
-        """Add the rows of ``codes`` (all, or the boolean mask / index array ``rows``)."""
+        """Add the rows of ``codes`` (all, or the boolean mask / index array / slice ``rows``)."""
         self._check_space(codes.n_concepts, "codes")
         indices, values, _, l0 = _select(codes, rows)
         self.update_arrays(len(l0), indices, values)
@@ -245,7 +254,7 @@ class WindowStats(Statistic):
         return self.concepts.n_images
 
     def update(
-        self, codes: SparseCodes, timestamps: np.ndarray | None = None, rows: np.ndarray | None = None
+        self, codes: SparseCodes, timestamps: np.ndarray | None = None, rows: np.ndarray | slice | None = None
     ) -> None:
         """Add rows of ``codes`` with their event ``timestamps`` (aligned with all rows of ``codes``)."""
         self.concepts._check_space(codes.n_concepts, "codes")

@@ -154,8 +154,7 @@ class TumblingWindows:
                 win = self._open[self._next_index] = ClosedWindow(self._next_index, math.nan, math.nan,
                                                                     WindowStats(self.n_concepts))
             take = min(size - win.stats.n_images, n - pos)
-            rows = np.arange(pos, pos + take)
-            win.stats.update(codes, ts, rows=rows)
+            win.stats.update(codes, ts, rows=slice(pos, pos + take))  # a view of the batch's rows, no mask
             win.n_reference += max(0, min(n_reference, pos + take) - pos)
             pos += take
             if win.stats.n_images >= size:
