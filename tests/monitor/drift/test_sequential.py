@@ -7,6 +7,8 @@ import doctest
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import monitor.drift.sequential as seq_mod
 from monitor.drift import DriftConfig, MonitorConfig, ReferenceConfig, StreamMonitor, WindowConfig
@@ -177,6 +179,70 @@ def test_optimised_update_equals_the_direct_update_on_random_streams(kinds, dens
     state = test.state_dict()
     for key in ("alpha", "beta", "wsum", "wsq"):
         np.testing.assert_allclose(state[key], getattr(direct, key), rtol=1e-12)
+
+
+def _assert_matches_direct(test, direct, res=None):
+    # R below 1e-280 is the same detector as R = 0 (it vanishes in R + m): compare above that
+    np.testing.assert_allclose(test.state_dict()["r"], direct.r, rtol=1e-9, atol=1e-280)
+    if res is not None:
+        np.testing.assert_allclose(res.evidence, direct.evidence(), rtol=1e-9, atol=1e-12)
+        np.testing.assert_array_equal(res.fire, direct.fire())
+        assert res.any_fire == bool(direct.fire().any())
+
+
+def test_a_state_round_trip_mid_stream_continues_like_the_direct_update():
+    """Saved and restored every few batches (varied sizes, refreshes and capped detectors on the way), the test
+    keeps matching the direct update, and reset() restarts both the same way."""
+    batches = _mixed_stream(6000, seed=23)
+    ref = WindowStats(C)
+    for codes in batches[:8]:
+        ref.update(codes)
+    test = SequentialConceptTest(C, DriftConfig(ert=200.0, calibrate=False))
+    test.set_reference(ref)
+    test.spend = 3.0
+    direct = DirectSequential(test.state_dict(), test.config, C)
+    null_n = direct.null[2]
+    for i, codes in enumerate(batches[8:]):
+        if i % 5 == 4:
+            again = SequentialConceptTest(C, test.config)
+            again.load_state_dict(test.state_dict())
+            test = again
+        res = test.update(codes)
+        direct.update(codes)
+        _assert_matches_direct(test, direct, res)
+        if i == 20:
+            test.reset()
+            direct.r[...] = 0.0
+    assert direct.null[2] > null_n  # the null was refreshed on the way
+
+
+@settings(max_examples=12, deadline=None)
+@given(seed=st.integers(0, 2**31 - 1), sizes=st.lists(st.sampled_from([1, 3, 17, 64, 100, 250]), min_size=3,
+                                                       max_size=12),
+       kinds=st.sampled_from([("prevalence", "activation"), ("prevalence",), ("activation",)]))
+def test_random_batches_of_random_sizes_match_the_direct_update(seed, sizes, kinds):
+    """Property: whatever the batch sizes and the codes, the fast update equals the direct one after every batch
+    (a small vocabulary, so the large-batch path runs too)."""
+    c = 40
+    rng = np.random.default_rng(seed)
+    prevalence = rng.uniform(0.0, 0.4, c)
+
+    def batch(m):
+        dense = (rng.random((m, c)) < prevalence) * rng.gamma(2.0, 0.1, (m, c))
+        dense[dense.sum(axis=1) == 0, 0] = 0.05  # every item holds a concept
+        return SparseCodes.from_dense(dense, fidelity=np.ones(m), l1=0.25)
+
+    ref = WindowStats(c)
+    ref.update(batch(200))
+    test = SequentialConceptTest(c, DriftConfig(ert=50.0, kinds=kinds, calibrate=False, min_support=3))
+    test.set_reference(ref)
+    test.spend = float(rng.uniform(0.0, 3.0))
+    direct = DirectSequential(test.state_dict(), test.config, c)
+    for m in sizes:
+        codes = batch(m)
+        res = test.update(codes)
+        direct.update(codes)
+        _assert_matches_direct(test, direct, res)
 
 
 def test_a_result_kept_across_batches_keeps_its_own_evidence():
