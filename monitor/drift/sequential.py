@@ -219,9 +219,9 @@ class SequentialConceptTest:
     Cost per batch. The null is refreshed in steps (``REFRESH_FRACTION``), and between refreshes a concept absent
     from a batch has a likelihood ratio that depends only on the batch size: it is computed once per refresh and
     size, and a batch multiplies every tested detector by it; only the concepts the batch holds take the exact
-    formulas. Concepts are stored with the supported ones first, so the fall and activation detectors are
-    contiguous slices of only the concepts they test; the evidence (a log per concept and kind) is computed only
-    when read, and whether anything fires is decided from the largest R of each detector row first. docs/drift.md
+    formulas. R is one array, a row per concept (the supported ones first) and a column per detector, so a batch
+    gathers and scatters whole rows; the evidence (a log per concept and kind) is computed only when read, and
+    whether anything fires is decided from the largest R first. docs/drift.md
     (§4, "Cost") gives the reasoning; tests/monitor/drift/test_sequential.py checks the update against the direct
     one on random streams.
     """
