@@ -585,10 +585,12 @@ class SequentialConceptTest:
             np.multiply(lam, (s_up[:ns_c] - m * mu)[:, None], out=llr[:ns_c, a0:a0 + _NK])
             np.multiply(lam, (m * mu - s[:ns_c])[:, None], out=llr[:ns_c, a0 + _NK:])
             llr[:ns_c, a0:] -= m * (self._psi_t if sup is None else np.take(self._psi_t, sup, axis=0))
-            llr[ns_c:, a0:] = 0.0
-        np.clip(llr, _FLOOR_NATS, cap, out=llr)
-        np.exp(llr, out=llr)
-        llr[ns_c:, self._sup_only] = 0.0  # untested: R stays 0
+        # exp only where a detector is tested (exp of float64 is the costliest pass): every column of the supported
+        # concepts, the rise columns of the others, whose other columns take LR 0 and stay at R = 0
+        for part in (llr[:ns_c], llr[ns_c:, :self._sup_only.start]):
+            np.clip(part, _FLOOR_NATS, cap, out=part)
+            np.exp(part, out=part)
+        llr[ns_c:, self._sup_only] = 0.0
         r = self._r
         r += m
         if cols is None:
