@@ -240,7 +240,7 @@ class SequentialConceptTest:
         self._evidence: np.ndarray | None = None
         empty = np.zeros(0)
         self._install(np.zeros(0, dtype=np.int64), np.zeros(0, dtype=bool), empty, 0.0, 0, empty, empty, empty,
-                      np.zeros((16, 0)), np.zeros((4, self.n_concepts), dtype=bool))
+                      np.zeros((2 * _NF + 2 * _NK, 0)), np.zeros((4, self.n_concepts), dtype=bool))
 
     # -- layout -----------------------------------------------------------------------------------------------------
     def _install(self, idx, supported, alpha, total, n, wsum, wsq, wmax, r, tested, null=None, since=0) -> None:
