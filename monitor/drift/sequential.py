@@ -219,9 +219,9 @@ class SequentialConceptTest:
     Cost per batch. The null is refreshed in steps (``REFRESH_FRACTION``), and between refreshes a concept absent
     from a batch has a likelihood ratio that depends only on the batch size: it is computed once per refresh and
     size, and a batch multiplies every tested detector by it; only the concepts the batch holds take the exact
-    formulas. R is one array, a row per concept (the supported ones first) and a column per detector, so a batch
-    gathers and scatters whole rows; the evidence (a log per concept and kind) is computed only when read, and
-    whether anything fires is decided from the largest R first. docs/drift.md
+    formulas. Concepts are stored with the supported ones first, so the fall and activation detectors are
+    contiguous slices of only the concepts they test; the evidence (a log per concept and kind) is computed only
+    when read, and whether anything fires is decided from the largest R of each detector row first. docs/drift.md
     (§4, "Cost") gives the reasoning; tests/monitor/drift/test_sequential.py checks the update against the direct
     one on random streams.
     """
@@ -240,7 +240,7 @@ class SequentialConceptTest:
         self._evidence: np.ndarray | None = None
         empty = np.zeros(0)
         self._install(np.zeros(0, dtype=np.int64), np.zeros(0, dtype=bool), empty, 0.0, 0, empty, empty, empty,
-                      np.zeros((2 * _NF + 2 * _NK, 0)), np.zeros((4, self.n_concepts), dtype=bool))
+                      np.zeros((16, 0)), np.zeros((4, self.n_concepts), dtype=bool))
 
     # -- layout -----------------------------------------------------------------------------------------------------
     def _install(self, idx, supported, alpha, total, n, wsum, wsq, wmax, r, tested, null=None, since=0) -> None:
@@ -265,21 +265,10 @@ class SequentialConceptTest:
         self._wsq = np.array(wsq, dtype=np.float64)[perm]
         self._wmax = np.array(wmax, dtype=np.float64)[perm]
         r = np.asarray(r, dtype=np.float64)
-        # R: one row per concept, one column per detector of the active kinds (prevalence up and down, activation
-        # up and down, an alternative each): a batch gathers and scatters whole rows of the concepts it holds, and
-        # every other pass is one call over one array. A concept the reference did not support has only its rise
-        # tested: its other columns stay exactly 0 (their factors are 0).
-        self._hcols, width = [], 0
-        for kind in ("prevalence", "prevalence", "activation", "activation"):
-            nalt = _NF if kind == "prevalence" else _NK
-            self._hcols.append(slice(width, width + nalt) if kind in self.kinds else None)
-            width += nalt if kind in self.kinds else 0
-        self._sup_only = slice(_NF if self._prev else 0, None)  # the columns only supported concepts have
-        self._r = np.zeros((ct, width))
-        for h, (lo, rows) in enumerate(((0, ct), (_NF, ns), (2 * _NF, ns), (2 * _NF + _NK, ns))):
-            if self._hcols[h] is not None:
-                nalt = _NF if h < 2 else _NK
-                self._r[:rows, self._hcols[h]] = r[lo:lo + nalt][:, perm[:rows]].T
+        self._r_up = np.ascontiguousarray(r[:_NF][:, perm])  # prevalence up, every tested concept
+        self._r_dn = np.ascontiguousarray(r[_NF:2 * _NF][:, perm[:ns]])  # prevalence down, supported concepts
+        act = r[2 * _NF:][:, perm[:ns]]  # activation, supported concepts: (direction, shift, concept)
+        self._r_act = np.ascontiguousarray(act).reshape(2, _NK, ns)
         self.tested = np.asarray(tested, dtype=bool)
         self._n_hyp = int(self.tested.sum())
         self._evidence = None
@@ -290,17 +279,15 @@ class SequentialConceptTest:
             self._refresh((np.array(a, dtype=np.float64)[perm], float(t), int(nn),
                            np.array(ws, dtype=np.float64)[perm], np.array(wq, dtype=np.float64)[perm]))
         self._since = int(since)
-        # the largest R: a mixture is at most its largest alternative, so nothing under the bar can fire
-        self._rmax = float(self._r.max()) if self._r.size else 0.0
+        self._rowmax = [blk.max(axis=1) if blk.size else np.zeros(len(blk)) for blk in self._blocks()]
 
     def _dense_r(self) -> np.ndarray:
         """R as (hypothesis rows x alternatives, tested concepts) in the order of ``idx``; zeros where untested."""
         perm, ns = self._perm, self._ns
         r = np.zeros((2 * _NF + 2 * _NK, self._ct))
-        for h, (lo, rows) in enumerate(((0, self._ct), (_NF, ns), (2 * _NF, ns), (2 * _NF + _NK, ns))):
-            if self._hcols[h] is not None:
-                nalt = _NF if h < 2 else _NK
-                r[lo:lo + nalt, perm[:rows]] = self._r[:rows, self._hcols[h]].T
+        r[:_NF, perm] = self._r_up
+        r[_NF:2 * _NF, perm[:ns]] = self._r_dn
+        r[2 * _NF:, perm[:ns]] = self._r_act.reshape(2 * _NK, ns)
         return r
 
     def _dense(self, internal: np.ndarray) -> np.ndarray:
@@ -419,21 +406,13 @@ class SequentialConceptTest:
                             "resampled_rows": 0 if draw.rows is None else draw.n_rows}
         return self.spend
 
-    def _mixtures(self, h: int, rows: np.ndarray | None = None) -> np.ndarray:
-        """The mixture R (mean over alternatives) of hypothesis ``h`` at internal positions ``rows`` (default:
-        every concept it tests; the fall and activation ones test the supported concepts, which come first)."""
-        alts = self._hcols[h]
-        if alts is None:
-            return np.zeros(0)
-        if rows is None:
-            blk = self._r[:self._ct if h == 0 else self._ns, alts]
-        else:
-            blk = self._r[rows if h == 0 else rows[:int(np.searchsorted(rows, self._ns))], alts]
-        return _row_sum(blk) / blk.shape[1] if blk.size else np.zeros(len(blk))
+    def _blocks(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """R of the four hypotheses, (alternatives, concepts) each, in ``HYPOTHESES`` order."""
+        return self._r_up, self._r_dn, self._r_act[0], self._r_act[1]
 
     def _top_mixtures(self) -> tuple[float, ...]:
         """The largest mixture R (mean over alternatives) of each hypothesis."""
-        return tuple(float(mix.max()) if mix.size else 0.0 for mix in map(self._mixtures, range(4)))
+        return tuple(float(blk.sum(axis=0).max()) / len(blk) if blk.size else 0.0 for blk in self._blocks())
 
     # -- one batch ------------------------------------------------------------------------------------------------
     def update(self, codes: SparseCodes) -> SequentialResult:
@@ -481,28 +460,18 @@ class SequentialConceptTest:
         R is kept on the linear scale and capped at exp(threshold + 2): the cap sits above the threshold, so it
         never changes when a detector first crosses it, and it lets a long-firing detector come down soon after
         the shift ends. The log-LR is capped there too, before exp, and floored at -700 nats.
-
-        Between refreshes of the null, a concept absent from a batch takes a factor that depends only on the batch
-        size (``_absent_factors``): every detector is multiplied by it, and only the concepts of the batch take
-        the exact formulas, from the R they had before it.
         """
         self._touch()
         if self._since >= REFRESH_FRACTION * self._null[2]:
             self._refresh()
         cap = self.threshold + _CAP_NATS
         ecap = math.exp(cap)
-        ct = self._ct
-        if len(where) * _DENSE_SHARE > ct:
-            # most concepts are in the batch (large batches): every concept takes the full formulas (k = 0 and
-            # S = 0 where absent, the same factors) in place, with no gather / scatter
-            kk, ss, su = np.zeros(ct), np.zeros(ct), np.zeros(ct)
-            kk[where], ss[where], su[where] = k, s, s_up
-            self._exact(m, None, kk, ss, su, None, cap, ecap)
-        else:
-            self._exact(m, where, k, s, s_up, self._absent_factors(m, cap), cap, ecap)
         if self._prev:
+            self._prevalence_step(m, where, k, cap, ecap)
             self._alpha[where] += k
             self._total += m
+        if self._act and self._ns:
+            self._activation_step(m, where, s, s_up, cap, ecap)
         self._n += m
         self._wsum[where] += s
         self._wsq[where] += sq
@@ -535,77 +504,101 @@ class SequentialConceptTest:
         self._mu, self._lam, self._psi = mu, lam, psi
         # absent: S = 0, so the deviation is -m mu (up) or +m mu (down)
         self._a_act = np.stack([-lam * mu - psi[0], lam * mu - psi[1]])
-        # the same numbers with one row per concept, the layout of R
-        self._lo_t = np.ascontiguousarray(self._log_odds.T)
-        self._ap_t = np.ascontiguousarray(self._a_prev.T)
-        self._lam_t = np.ascontiguousarray(lam.T)
-        self._psi_t = np.ascontiguousarray(psi.reshape(2 * _NK, ns).T)
-        self._aa_t = np.ascontiguousarray(self._a_act.reshape(2 * _NK, ns).T)
         self._since = 0
         self._factors: dict[tuple[int, float], tuple] = {}
 
-    def _absent_factors(self, m: int, cap: float) -> np.ndarray:
-        """exp(clip(m a, -700, cap)) of every detector for a concept absent from a batch of m items, laid out like
-        R (0 where a concept is not tested); cached per batch size and cap."""
+    def _absent_factors(self, m: int, cap: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """exp(clip(m a, -700, cap)) of every detector for a concept absent from a batch of m items: prevalence up
+        (4, concepts), down (4, supported), activation (2, 4, supported); cached per batch size and cap."""
         got = self._factors.get((m, cap))
         if got is None:
             ns = self._ns
-            got = np.zeros_like(self._r)
-            if self._prev:
-                got[:, :2 * _NF] = np.exp(np.clip(m * self._ap_t, _FLOOR_NATS, cap))
-            if self._act and ns:
-                got[:ns, self._hcols[2].start:] = np.exp(np.clip(m * self._aa_t, _FLOOR_NATS, cap))
-            got[ns:, self._sup_only] = 0.0
+            f_prev = np.exp(np.clip(m * self._a_prev, _FLOOR_NATS, cap))
+            f_act = np.exp(np.clip(m * self._a_act, _FLOOR_NATS, cap))
             if len(self._factors) >= _FACTOR_CACHE:
                 self._factors.pop(next(iter(self._factors)))
-            self._factors[(m, cap)] = got
+            got = self._factors[(m, cap)] = (np.ascontiguousarray(f_prev[:_NF]),
+                                             np.ascontiguousarray(f_prev[_NF:, :ns]), f_act)
         return got
 
-    # -- exact formulas ------------------------------------------------------------------------------------------
-    def _exact(self, m: int, cols: np.ndarray | None, k: np.ndarray, s: np.ndarray, s_up: np.ndarray,
-               factors: np.ndarray | None, cap: float, ecap: float) -> None:
-        """One batch: the concepts at ``cols`` (internal positions, sorted) take the full formulas of
-        docs/drift.md §4 with their k, S and clipped S, from the R they had before it; every other detector takes
-        its absent-concept factor from ``factors``. ``cols`` None: every concept takes the full formulas (k, S
-        given for all, zeros where absent), in place."""
-        n = self._ct if cols is None else len(cols)
-        ns_c = self._ns if cols is None else int(np.searchsorted(cols, self._ns))  # supported come first
-        llr = np.empty((n, self._r.shape[1]))
-        if self._prev:
-            # k log(p1 / p) + (m - k) (e - 1) log(1 - p), one column per e (rises, then falls)
-            part = llr[:, :2 * _NF]
-            np.multiply(self._lo_t if cols is None else np.take(self._lo_t, cols, axis=0), k[:, None], out=part)
-            part += (m - k)[:, None] * (self._ap_t if cols is None else np.take(self._ap_t, cols, axis=0))
-        if self._act:
-            # Bennett: lam (S - m mu) - m psi up (S clipped at the reference maximum), lam (m mu - S) - m psi down
-            a0 = self._hcols[2].start
-            sup = None if cols is None else cols[:ns_c]
-            mu = self._mu if sup is None else self._mu[sup]
-            lam = self._lam_t if sup is None else np.take(self._lam_t, sup, axis=0)
-            np.multiply(lam, (s_up[:ns_c] - m * mu)[:, None], out=llr[:ns_c, a0:a0 + _NK])
-            np.multiply(lam, (m * mu - s[:ns_c])[:, None], out=llr[:ns_c, a0 + _NK:])
-            llr[:ns_c, a0:] -= m * (self._psi_t if sup is None else np.take(self._psi_t, sup, axis=0))
-        # exp only where a detector is tested (exp of float64 is the costliest pass): every column of the supported
-        # concepts, the rise columns of the others, whose other columns take LR 0 and stay at R = 0
-        for part in (llr[:ns_c], llr[ns_c:, :self._sup_only.start]):
-            np.clip(part, _FLOOR_NATS, cap, out=part)
-            np.exp(part, out=part)
-        llr[ns_c:, self._sup_only] = 0.0
-        r = self._r
-        r += m
-        if cols is None:
-            r *= llr
-        else:
-            # the concepts of the batch from R + m before it; every row takes the absent factor; then theirs
-            before = np.take(r, cols, axis=0)
-            r *= factors
-            before *= llr
-            _put_rows(r, cols, before)
-        top = float(r.max()) if r.size else 0.0
-        if top > ecap:
+    def _prevalence_step(self, m: int, where: np.ndarray, k: np.ndarray, cap: float, ecap: float) -> None:
+        """log LR = k log(p1 / p) + (m - k) (e - 1) log(1 - p), p the null's predictive rate and p1 = 1 - (1 - p)^e
+        the alternative that follows it. Every detector takes the absent-concept factor; the concepts of the batch
+        then get theirs from the R they had before it."""
+        ns = self._ns
+        if len(where) * _DENSE_SHARE > self._ct:
+            # most concepts are in the batch (large batches): the full formula everywhere, no gather / scatter
+            kd = np.zeros(self._ct)
+            kd[where] = k
+            for h, (r, rows, c) in enumerate(((self._r_up, slice(0, _NF), self._ct), (self._r_dn, slice(_NF, None), ns))):
+                llr = self._log_odds[rows, :c] * kd[:c]
+                llr += (m - kd[:c]) * self._a_prev[rows, :c]
+                np.clip(llr, _FLOOR_NATS, cap, out=llr)
+                r += m
+                r *= np.exp(llr, out=llr)
+                self._rowmax[h] = self._capped(r, ecap)
+            return
+        f_up, f_dn, _ = self._absent_factors(m, cap)
+        n_sup = int(np.searchsorted(where, ns))  # supported concepts come first
+        llr = np.take(self._log_odds, where, axis=1)
+        llr *= k
+        llr += (m - k) * np.take(self._a_prev, where, axis=1)
+        np.clip(llr, _FLOOR_NATS, cap, out=llr)
+        np.exp(llr, out=llr)
+        for h, (r, f, rows, cols) in enumerate(((self._r_up, f_up, slice(0, _NF), where),
+                                                (self._r_dn, f_dn, slice(_NF, 2 * _NF), where[:n_sup]))):
+            r += m
+            before = np.take(r, cols, axis=1)
+            r *= f
+            before *= llr[rows, :len(cols)]
+            r[:, cols] = before
+            self._rowmax[h] = self._capped(r, ecap)
+
+    @staticmethod
+    def _capped(r: np.ndarray, ecap: float) -> np.ndarray:
+        """Cap a block of R at exp(cap); returns its row maxima."""
+        top = r.max(axis=1) if r.size else np.zeros(len(r))
+        if top.max(initial=0.0) > ecap:
             np.minimum(r, ecap, out=r)
-            top = ecap
-        self._rmax = top
+            top = np.minimum(top, ecap)
+        return top
+
+    def _activation_step(self, m: int, where: np.ndarray, s: np.ndarray, s_up: np.ndarray, cap: float,
+                         ecap: float) -> None:
+        """log of Bennett supermartingale factors for the mean weight, up and down, one row per shift size:
+        lam (S - m mu) - m var/b^2 (e^{lam b} - 1 - lam b), lam = shift / sd, b the one-sided range (the null's
+        moments as of its last refresh). The up test sees weights clipped at the reference maximum (``s_up``),
+        which only lowers their mean. Concepts absent from the batch take the cached factor."""
+        n_sup = int(np.searchsorted(where, self._ns))
+        if n_sup * _DENSE_SHARE > self._ns:
+            # most supported concepts are in the batch: the full formula everywhere (S = 0 for the others)
+            sd, sud = np.zeros(self._ns), np.zeros(self._ns)
+            sd[where[:n_sup]], sud[where[:n_sup]] = s[:n_sup], s_up[:n_sup]
+            for d, dev in enumerate((sud - m * self._mu, m * self._mu - sd)):
+                r = self._r_act[d]
+                llr = self._lam * dev
+                llr -= m * self._psi[d]
+                np.clip(llr, _FLOOR_NATS, cap, out=llr)
+                r += m
+                r *= np.exp(llr, out=llr)
+                self._rowmax[2 + d] = self._capped(r, ecap)
+            return
+        f_act = self._absent_factors(m, cap)[2]
+        cols = where[:n_sup]
+        mu = self._mu[cols]
+        lam = self._lam[:, cols]
+        devs = (s_up[:n_sup] - m * mu, m * mu - s[:n_sup])
+        for d in range(2):
+            r = self._r_act[d]
+            r += m
+            before = np.take(r, cols, axis=1)
+            r *= f_act[d]
+            llr = lam * devs[d]
+            llr -= m * self._psi[d][:, cols]
+            np.clip(llr, _FLOOR_NATS, cap, out=llr)
+            before *= np.exp(llr, out=llr)
+            r[:, cols] = before
+            self._rowmax[2 + d] = self._capped(r, ecap)
 
     # -- reading ------------------------------------------------------------------------------------------------
     @property
@@ -617,76 +610,69 @@ class SequentialConceptTest:
                 cols = (self._concepts, self._concepts[:self._ns])
                 on = (self._prev, self._prev, self._act, self._act)
                 with np.errstate(divide="ignore"):
-                    for h in range(4):
-                        if on[h]:
-                            mix = self._mixtures(h)
-                            if mix.size:
-                                ev[h, cols[h > 0]] = np.maximum(np.log(mix), 0.0)
+                    for h, blk in enumerate(self._blocks()):
+                        if on[h] and blk.size:
+                            ev[h, cols[h > 0]] = np.maximum(np.log(blk.sum(axis=0) / len(blk)), 0.0)
             self._evidence = ev
         return self._evidence
 
     def evidence_at(self, h: np.ndarray, j: np.ndarray) -> np.ndarray:
         """``evidence[h, j]`` of a few entries without computing the others (the same arithmetic)."""
-        h, j = np.asarray(h, dtype=np.int64), np.asarray(j, dtype=np.int64)
         if self._evidence is not None:
             return self._evidence[h, j]
         out = np.zeros(len(h))
-        if not len(h):
-            return out
-        p = self._pos[j]
-        on = np.array([self._prev, self._prev, self._act, self._act])
-        ok = (p >= 0) & on[h] & ((h == 0) | (p < self._ns))
-        for hh in np.unique(h[ok]).tolist():
-            sel = np.flatnonzero(ok & (h == hh))
-            blk = self._r[p[sel], self._hcols[hh]]
-            with np.errstate(divide="ignore"):
-                out[sel] = np.maximum(np.log(_row_sum(blk) / blk.shape[1]), 0.0)
-        return out
-
-    def _screen(self, first_only: bool) -> list[tuple[int, np.ndarray]]:
-        """(hypothesis row, internal positions) where ``evidence >= threshold`` now: a mixture is at most its largest
-        alternative, so only the concepts with some R at or above exp(threshold) (less a rounding slack) can fire
-        -- none while the largest R is under it; their mixtures at or above that bar take the log that decides,
-        the same arithmetic as ``evidence``. ``first_only``: stop at the first hit."""
-        thr = self.threshold
-        bar = math.exp(thr) * (1.0 - _SCREEN_SLACK)
-        if self._rmax < bar:
-            return []
-        hot = np.unique(np.flatnonzero(self._r.ravel() >= bar) // self._r.shape[1])
         on = (self._prev, self._prev, self._act, self._act)
-        out = []
-        for h in range(4):
-            if not on[h]:
+        blocks = self._blocks()
+        for i, (hh, jj) in enumerate(zip(np.asarray(h).tolist(), np.asarray(j).tolist())):
+            p = int(self._pos[jj])
+            if p < 0 or not on[hh] or (hh > 0 and p >= self._ns):
                 continue
-            rows = hot if h == 0 else hot[:int(np.searchsorted(hot, self._ns))]
-            mix = self._mixtures(h, rows)
-            near = np.flatnonzero(mix >= bar)
-            if not len(near):
-                continue
+            blk = blocks[hh]
             with np.errstate(divide="ignore"):
-                hit = near[np.maximum(np.log(mix[near]), 0.0) >= thr]
-            if len(hit):
-                out.append((h, rows[hit]))
-                if first_only:
-                    break
+                out[i] = np.maximum(np.log(blk[:, [p]].sum(axis=0) / len(blk)), 0.0)[0]
         return out
 
     def firing_keys(self) -> tuple[np.ndarray, np.ndarray]:
         """(hypothesis rows, concept indices) where ``evidence >= threshold`` now, sorted like ``np.nonzero`` of
-        ``fire``, without the logs of every concept."""
-        found = self._screen(first_only=False)
-        if not found:
+        ``fire``, without the logs of every concept: a block's mixtures are summed, and only those at or above
+        exp(threshold) (less a rounding slack) take the log that decides, the same arithmetic as ``evidence``."""
+        thr = self.threshold
+        bar = math.exp(thr) * (1.0 - _SCREEN_SLACK)
+        on = (self._prev, self._prev, self._act, self._act)
+        hs, js = [], []
+        for h, blk in enumerate(self._blocks()):
+            if not on[h] or not blk.size or self._rowmax[h].sum() < bar * len(blk):
+                continue
+            mix = blk.sum(axis=0) / len(blk)
+            near = np.flatnonzero(mix >= bar)
+            with np.errstate(divide="ignore"):
+                hit = near[np.maximum(np.log(mix[near]), 0.0) >= thr]
+            j = self._concepts[hit]
+            hs.append(np.full(len(j), h, dtype=np.int64))
+            js.append(j)
+        if not hs:
             return np.zeros(0, np.int64), np.zeros(0, np.int64)
-        h = np.concatenate([np.full(len(p), hh, dtype=np.int64) for hh, p in found])
-        j = np.concatenate([self._concepts[p] for _, p in found])
+        h, j = np.concatenate(hs), np.concatenate(js)
         order = np.lexsort((j, h))
         return h[order], j[order]
 
     def _any_fire(self) -> bool:
-        """Whether some tested hypothesis has evidence >= threshold, without the logs of every concept."""
-        if self.threshold <= 0.0:
+        """Whether some tested hypothesis has evidence >= threshold, without the logs of every concept: a mixture
+        is at most the sum of its rows' maxima over the alternatives, so a block whose row maxima fall short
+        cannot fire."""
+        thr = self.threshold
+        if thr <= 0.0:
             return bool(self.tested.any())  # evidence is floored at 0
-        return bool(self._screen(first_only=True))
+        bar = math.exp(thr) * (1.0 - _SCREEN_SLACK)
+        on = (self._prev, self._prev, self._act, self._act)
+        for h, blk in enumerate(self._blocks()):
+            if not on[h] or not blk.size or self._rowmax[h].sum() < bar * len(blk):
+                continue
+            mix = blk.sum(axis=0) / len(blk)
+            near = mix[mix >= bar]
+            if len(near) and (np.log(near) >= thr).any():
+                return True
+        return False
 
     def _result(self) -> SequentialResult:
         self._touch()
@@ -697,8 +683,9 @@ class SequentialConceptTest:
     def reset(self) -> None:
         """Start every detector again at R = 0 (the reference and the null counts are kept)."""
         self._touch()
-        self._r[...] = 0.0
-        self._rmax = 0.0
+        for blk in (self._r_up, self._r_dn, self._r_act):
+            blk[...] = 0.0
+        self._rowmax = [np.zeros(len(blk)) for blk in self._blocks()]
 
     # -- state ----------------------------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
@@ -737,20 +724,3 @@ class SequentialConceptTest:
         self.ready = bool(state["ready"])
         self.n_items = int(state["n_items"])
         self.spend = float(state["spend"])
-
-
-def _row_sum(r: np.ndarray) -> np.ndarray:
-    """Sum of each row, left to right (the order of a reduction over the alternatives), the fast way round."""
-    out = r[:, 0].copy()
-    for i in range(1, r.shape[1]):
-        out += r[:, i]
-    return out
-
-
-def _put_rows(dst: np.ndarray, rows: np.ndarray, src: np.ndarray) -> None:
-    """dst[rows] = src for C-contiguous (n, w) float arrays, seen as one w x 8-byte item per row (a 1-D scatter
-    is ~3x faster than numpy's 2-D fancy assignment)."""
-    item = np.dtype((np.void, dst.shape[1] * dst.itemsize))
-    np.put(dst.view(item).reshape(-1), rows, np.ascontiguousarray(src).view(item).reshape(-1))
-
-

@@ -393,7 +393,7 @@ def test_a_concept_new_to_the_stream_fires_in_the_first_batch_that_holds_it_a_fe
     res = test.update(batch)
     assert res.fire[0, j] and res.evidence[0, j] >= res.threshold
     # the grid without its x100 row (the mean of the other four) would not have crossed
-    blk = test._r[test._pos[j], test._hcols[0]]  # the rise alternatives of concept j
+    blk = test._r_up[:, test._pos[j]]
     assert seq_mod.RATE_FACTORS[-1] == 100.0 and np.log(blk[:-1].mean()) < res.threshold
 
 
