@@ -7,7 +7,7 @@ the stream monitor, and its state save/load.
 """
 
 from monitor.drift.detectors import AlarmBook, ConceptDriftTest, DriftConfig, StepResult
-from monitor.drift.monitor import ConceptMonitor, MonitorConfig, StreamMonitor, StreamStatus
+from monitor.drift.monitor import ConceptMonitor, MonitorConfig, StreamMonitor, StreamProgress, StreamStatus
 from monitor.drift.stats import ConceptMoments, Moments, WindowStats
 from monitor.drift.windows import ReferenceConfig, WindowConfig
 
@@ -15,6 +15,7 @@ __all__ = [
     "ConceptMonitor",
     "StreamMonitor",
     "StreamStatus",
+    "StreamProgress",
     "MonitorConfig",
     "WindowConfig",
     "ReferenceConfig",

@@ -20,169 +20,28 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 
 from monitor.drift import state as _state
-from monitor.drift.detectors import (HYPOTHESES, AlarmBook, DriftConfig, StepResult, js_divergence,
-                                     report_and_gates)
-from monitor.drift.sequential import SequentialConceptTest
-from monitor.errors import ConfigError
-from monitor.records import Alarm, ItemMeta, SparseCodes, WindowSummary
+from monitor.drift.config import DEFAULT_MAX_STREAMS, MonitorConfig
+from monitor.drift.detectors import AlarmBook, DriftConfig, js_divergence
+from monitor.drift.reporting import ColumnMoments, NarrowResult, report_at, step_result
 from monitor.drift.routing import stream_groups
+from monitor.drift.sequential import SequentialConceptTest
 from monitor.drift.stats import ConceptMoments, WindowStats
+from monitor.drift.status import StreamProgress, StreamStatus
 from monitor.drift.windows import ClosedWindow, Reference, ReferenceConfig, TumblingWindows, WindowConfig, WindowRing
+from monitor.records import Alarm, ItemMeta, SparseCodes, WindowSummary
 
 __all__ = ["DEFAULT_MAX_STREAMS", "MonitorConfig", "StreamStatus", "StreamProgress", "StreamMonitor", "ConceptMonitor",
            "WindowConfig", "ReferenceConfig", "DriftConfig"]
 
-# One bound for every per-stream structure (monitors here, metric label sets in monitor.metrics.families), so the
-# aggregator hits the same limit everywhere and can check it once before it changes any state.
-DEFAULT_MAX_STREAMS = 64
-
-
-def _from_dict(cls, data: dict[str, Any] | None):
-    if data is None:
-        return None
-    allowed = {f.name for f in fields(cls)}
-    unknown = sorted(set(data) - allowed)
-    if unknown:
-        raise ConfigError(f"{cls.__name__}: unknown keys {unknown}; allowed: {sorted(allowed)}")
-    return cls(**data)
-
-
-@dataclass(frozen=True)
-class MonitorConfig:
-    """How a stream is windowed, what it is compared with and how the tests are calibrated."""
-
-    window: WindowConfig = field(default_factory=WindowConfig)
-    reference: ReferenceConfig = field(default_factory=ReferenceConfig)
-    drift: DriftConfig = field(default_factory=DriftConfig)
-    concept_space: str = ""
-    max_pending_windows: int = 1024  # closed summaries kept for closed_windows(); the oldest are dropped beyond
-    max_streams: int = DEFAULT_MAX_STREAMS  # ConceptMonitor: bound on the number of streams tracked
-
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["drift"]["kinds"] = list(d["drift"]["kinds"])
-        return d
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "MonitorConfig":
-        """Build from plain dicts (YAML/JSON); unknown keys are rejected with the allowed ones listed."""
-        data = dict(data)
-        allowed = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - allowed)
-        if unknown:
-            raise ConfigError(f"MonitorConfig: unknown keys {unknown}; allowed: {sorted(allowed)}")
-        drift = data.get("drift")
-        if drift is not None and "kinds" in drift:
-            drift = {**drift, "kinds": tuple(drift["kinds"])}
-        return cls(
-            window=_from_dict(WindowConfig, data.get("window")) or WindowConfig(),
-            reference=_from_dict(ReferenceConfig, data.get("reference")) or ReferenceConfig(),
-            drift=_from_dict(DriftConfig, drift) or DriftConfig(),
-            **{k: data[k] for k in ("concept_space", "max_pending_windows", "max_streams") if k in data},
-        )
-
-
-@dataclass
-class StreamStatus:
-    """What one stream's monitor knows now; the exporter and the history store read this."""
-
-    stream: str
-    n_images: int
-    n_windows: int  # closed windows so far
-    steps: int  # tests run so far
-    n_late: int
-    n_dropped: int
-    n_skewed: int  # events whose clock ran more than window.max_skew ahead of their batch
-    reference_mode: str
-    reference_ready: bool
-    current: WindowSummary | None  # the view tested last
-    reference: WindowSummary | None  # the reference it was tested against
-    reference_age_s: float  # event time from the reference's end to the current view's end
-    reference_age_windows: int  # closed windows since the reference ended (history: since it was loaded)
-    concept_scores: np.ndarray  # (c,) evidence (-log p-bound) per concept at the last step, max over tests
-    threshold: float  # evidence needed to fire at the last step
-    n_hypotheses: int
-    stream_score: float  # Jensen-Shannon divergence (bits) between reference and current concept mass
-    active_alarms: list[Alarm]
-    n_alarms_fired: int
-
-
-@dataclass(frozen=True)
-class StreamProgress:
-    """The counts of a :class:`StreamStatus` that say how far a stream got (its reference fill, the tests run)."""
-
-    stream: str
-    n_images: int
-    n_windows: int
-    steps: int
-    reference_mode: str
-    reference_ready: bool
-
-
 # The alarm book reads evidence, figures and gates only at its active alarms and at the hypotheses that fire: build
 # just those entries (tests turn this off to check that the alarms are the same).
 _ACTIVE_ONLY = True
-
-
-class _Narrow:
-    """A sequential result with evidence filled in at the active alarms and at the firing hypotheses (``fh``,
-    ``fj``) only, and ``fire`` true there: the places the alarm book reads (the full (4, concepts) logs cost more
-    than the rest of the step)."""
-
-    __slots__ = ("evidence", "tested", "fire", "threshold", "n_hypotheses")
-
-    def __init__(self, res, test: SequentialConceptTest, active: list[Alarm], fh: np.ndarray, fj: np.ndarray
-                 ) -> None:
-        self.tested, self.threshold, self.n_hypotheses = res.tested, res.threshold, res.n_hypotheses
-        self.fire = np.zeros(res.tested.shape, dtype=bool)
-        self.fire[fh, fj] = True
-        self.evidence = np.zeros(res.tested.shape)
-        keys = [(HYPOTHESES.index((a.kind, a.direction)), a.concept_index) for a in active if a.concept_index >= 0]
-        h = np.concatenate([np.array([k[0] for k in keys], dtype=np.int64), fh])
-        j = np.concatenate([np.array([k[1] for k in keys], dtype=np.int64), fj])
-        if len(h):
-            self.evidence[h, j] = test.evidence_at(h, j)
-
-
-class _Columns:
-    """The moments of a few concepts (``cols``), summed over some ConceptMoments: what report_and_gates reads."""
-
-    def __init__(self, parts: list[ConceptMoments], cols: np.ndarray) -> None:
-        self.n_images = sum(p.n_images for p in parts)
-        self.presence = sum((p.presence[cols] for p in parts), np.zeros(len(cols), dtype=np.int64))
-        self.weight_sum = sum((p.weight_sum[cols] for p in parts), np.zeros(len(cols)))
-        self.weight_sq_sum = sum((p.weight_sq_sum[cols] for p in parts), np.zeros(len(cols)))
-
-
-def _report_at(ref: ConceptMoments, recent: list[ConceptMoments], cols: np.ndarray, cfg: DriftConfig,
-               n_concepts: int) -> tuple:
-    """``report_and_gates`` computed at ``cols`` only, zeros elsewhere (a quiet batch: the alarm book reads the
-    active alarms' concepts and nothing else) -- the same figures at those columns."""
-    got = report_and_gates(_Columns([ref], cols), _Columns(recent, cols), cfg)
-    out = []
-    for part in got[:5]:
-        full = np.zeros(n_concepts)
-        full[cols] = part
-        out.append(full)
-    ok = np.zeros((4, n_concepts), dtype=bool)
-    ok[:, cols] = got[5]
-    return (*out, ok)
-
-
-def _step_result(seq, ref: ConceptMoments, cur: ConceptMoments, cfg: DriftConfig, stream_score: float,
-                 report: tuple | None = None) -> StepResult:
-    """The sequential evidence plus what an alarm reports (reference vs recent prevalence and mean) and the gates
-    that only suppress alarms: ``min_count`` and the ``min_prevalence_change`` floor."""
-    ref_prev, cur_prev, ref_mean, cur_mean, pooled_sd, ok = report or report_and_gates(ref, cur, cfg)
-    return StepResult(seq.evidence, seq.tested, seq.fire & ok, seq.threshold, seq.n_hypotheses, ref_prev, cur_prev,
-                      ref_mean, cur_mean, pooled_sd, stream_score, ref.n_images, cur.n_images)
 
 
 class StreamMonitor:
@@ -327,15 +186,15 @@ class StreamMonitor:
         if _ACTIVE_ONLY and self.config.drift.stream_threshold is None and seq.threshold > 0:
             active = self.book.active
             fh, fj = self.seq.firing_keys() if seq.any_fire else (np.zeros(0, np.int64), np.zeros(0, np.int64))
-            seq = _Narrow(seq, self.seq, active, fh, fj)
+            seq = NarrowResult(seq, self.seq, active, fh, fj)
             cols = np.unique(np.concatenate([np.array([a.concept_index for a in active if a.concept_index >= 0],
                                                       dtype=np.int64), fj]))
             parts = self._recent_parts()
-            report = _report_at(ref_stats.concepts, parts, cols, self.config.drift, len(self.concept_names))
-            cur = _Columns(parts, cols[:0])  # its n_images is all the StepResult takes from it
-            res = _step_result(seq, ref_stats.concepts, cur, self.config.drift, self._stream_score, report)
+            report = report_at(ref_stats.concepts, parts, cols, self.config.drift, len(self.concept_names))
+            cur = ColumnMoments(parts, cols[:0])  # its n_images is all the StepResult takes from it
+            res = step_result(seq, ref_stats.concepts, cur, self.config.drift, self._stream_score, report)
         else:
-            res = _step_result(seq, ref_stats.concepts, self._recent(), self.config.drift, self._stream_score)
+            res = step_result(seq, ref_stats.concepts, self._recent(), self.config.drift, self._stream_score)
         lo, hi = float(ts.min()), float(ts.max())
         return self.book.step(res, (lo, float(np.nextafter(hi, math.inf))), (ref_start, ref_end),
                               fired=(hi, int(offset)))
@@ -361,16 +220,11 @@ class StreamMonitor:
             age_w = self.n_windows - self._history_mark
         else:
             age_w = self.config.window.view
-        return StreamStatus(
-            stream=self.stream,
-            n_images=self.windows.n_images,
-            n_windows=self.n_windows,
-            steps=self.steps,
+        return StreamStatus.extend(
+            self.progress(),
             n_late=self.windows.n_late,
             n_dropped=self.windows.n_dropped,
             n_skewed=self.windows.n_skewed,
-            reference_mode=self.reference.mode,
-            reference_ready=self.reference.ready(self.ring, self.config.window.view),
             current=cur,
             reference=ref,
             reference_age_s=float(age_s),
@@ -384,8 +238,8 @@ class StreamMonitor:
         )
 
     def progress(self) -> StreamProgress:
-        """How far the stream got (the counts of :meth:`status`), without reading out the drift tests: cheap
-        enough for every batch."""
+        """How far the stream got (the counts :meth:`status` starts from), without reading out the drift tests:
+        cheap enough for every batch."""
         return StreamProgress(stream=self.stream, n_images=self.windows.n_images, n_windows=self.n_windows,
                               steps=self.steps, reference_mode=self.reference.mode,
                               reference_ready=self.reference.ready(self.ring, self.config.window.view))

@@ -358,3 +358,25 @@ def test_monitor_state_round_trips_through_bytes_and_refuses_other_blobs():
         ConceptMonitor.from_bytes(b"not an archive")
     with pytest.raises(ConfigError, match="holds a 'Moments' state"):
         ConceptMonitor.from_bytes(state.dumps(Moments()))
+
+
+def test_status_is_the_progress_plus_what_the_tests_know():
+    """``status()`` starts from ``progress()``: the same counts, one definition (a StreamStatus is a StreamProgress)."""
+    from dataclasses import fields
+
+    from monitor.drift import StreamProgress, StreamStatus
+
+    mon = StreamMonitor(NAMES, _config(), stream="cam-2")
+    _run(mon, _stream(5000, []))
+    st, pr = mon.status(), mon.progress()
+    assert isinstance(st, StreamStatus) and isinstance(st, StreamProgress) and type(pr) is StreamProgress
+    assert {f.name: getattr(st, f.name) for f in fields(StreamProgress)} == {
+        f.name: getattr(pr, f.name) for f in fields(StreamProgress)}
+    assert (pr.stream, pr.n_images, pr.n_windows, pr.steps, pr.reference_mode, pr.reference_ready) == (
+        "cam-2", 5000, 10, 4, "fixed", True)  # batches of 250: four tests after the 4,000-image reference
+
+
+def test_config_module_docstring_example_runs():
+    import monitor.drift.config as config_mod
+
+    assert doctest.testmod(config_mod, raise_on_error=True).attempted > 0
