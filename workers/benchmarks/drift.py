@@ -16,8 +16,9 @@ from typing import Any
 
 import numpy as np
 
+from monitor.errors import ConfigError
 from workers.benchmarks import cpu_model as _cpu_model
-from workers.benchmarks import peers
+from workers.benchmarks import intervals, peers
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -29,9 +30,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--window", type=int, default=1000, help="images per aggregation window (default 1000)")
     parser.add_argument("--reference", type=int, default=20_000, help="images in the fixed reference")
     parser.add_argument("--ert", type=float, default=5000.0, help="expected items between false alarms (5000)")
-    parser.add_argument("--null-items", type=int, default=100_000, help="items of each stationary run after the "
-                        "reference (default 100000: about 20 x ERT, so the run length is not censored)")
-    parser.add_argument("--seeds", type=int, default=2, help="independent runs per scenario and null stream")
+    parser.add_argument("--null-items", type=int, default=100_000, help="items of each stationary synthetic run "
+                        "after the reference (default 100000: about 20 x ERT, so the run length is not censored)")
+    parser.add_argument("--seeds", type=int, default=2, help="independent runs per shift scenario (default 2; the x3 "
+                        "target scenario has --target-seeds)")
+    parser.add_argument("--null-seeds", type=int, default=6, help="independent stationary runs of each null stream, "
+                        "synthetic and captions, each on its own reference and calibration (default 6)")
+    parser.add_argument("--target-seeds", type=int, default=10, help="independent runs of the x3 prevalence target "
+                        "scenario, enough for a 95%% interval of its median delay (default 10)")
+    parser.add_argument("--only", choices=("all", "nulls"), default="all",
+                        help="'nulls': only the no-drift runs (synthetic and captions); no throughput, no scenarios")
     parser.add_argument("--planted", type=int, default=5, help="concepts shifted per synthetic scenario")
     parser.add_argument("--horizon", type=int, default=5000, help="items observed after onset")
     parser.add_argument("--throughput-images", type=int, default=100_000, help="images timed for throughput")
@@ -41,8 +49,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="keep the analytic threshold log(H x ERT) (DriftConfig.calibrate=False)")
     parser.add_argument("--no-captions", action="store_true", help="skip the real-caption (MiniLM) scenario")
     parser.add_argument("--caption-reference", type=int, default=10_000, help="captions in the caption reference")
-    parser.add_argument("--caption-null-items", type=int, default=60_000,
-                        help="captions of the stationary caption run after the reference")
+    parser.add_argument("--caption-null-items", type=int, default=200_000,
+                        help="captions of each stationary caption run after its reference (default 200000: the "
+                        "captions are decomposed once, so a long caption null is cheap)")
     parser.add_argument("--coastal", type=float, default=0.3, help="share of scenes that turn coastal at onset")
     parser.add_argument("--no-mmd", action="store_true", help="skip the online MMD baseline")
     parser.add_argument("--mmd-window", type=int, default=100, help="MMD test window (items)")
@@ -86,11 +95,17 @@ def _feed(mon, batches, *, restart_on_alarm: bool) -> list:
     return firing
 
 
-def _null_summary(items: int, alarm_offsets: list[int], ert: float) -> dict[str, Any]:
-    n = len(alarm_offsets)
+def _null_summary(items_per_seed: int, offsets_per_seed: list[list[int]], ert: float) -> dict[str, Any]:
+    """Run length of the null runs pooled over seeds, with the exact 95 % interval of its ratio to ERT (a Poisson
+    count of alarms; one-sided when censored) and the per-seed counts that show whether pooling is fair."""
+    counts = [len(o) for o in offsets_per_seed]
+    items, n = items_per_seed * len(counts), sum(counts)
     run = items / n if n else None
+    lo, hi = intervals.run_length_ratio_ci(items, n, ert)
     return {"items": items, "false_alarms": n, "run_length_items": run,
-            "ratio_to_ert": (run if run is not None else items) / ert, "censored": n == 0}
+            "ratio_to_ert": (run if run is not None else items) / ert, "censored": n == 0,
+            "ratio_ci95": [round(lo, 4), None if hi is None else round(hi, 4)],
+            "seeds": len(counts), "alarms_per_seed": counts, "dispersion_p": intervals.dispersion_p(counts)}
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -290,15 +305,21 @@ def _captions(args) -> dict[str, Any]:
     out: dict[str, Any] = {"concepts": codes.n_concepts, "distinct_captions": len(row_of),
                            "encode_decompose_s": round(prep_s, 1), "reference_captions": args.caption_reference,
                            "shift": f"{args.coastal:.0%} of scenes turn coastal (street/kitchen -> beach)"}
-    nulls = []
-    for seed in range(args.seeds):
+    nulls, thresholds = [], []
+    for seed in range(args.null_seeds):
         n = args.caption_reference + args.caption_null_items
         mon = StreamMonitor(dec.concept_names, cfg, stream="captions-null")
         stream = CaptionStream(n, shift_at=n, before=before, after=before, seed=100 + seed)
         firing = _feed(mon, ((c, t) for c, t, _ in _caption_batches(stream, codes, row_of, args.batch)),
                        restart_on_alarm=True)
         nulls.append(sorted({a.item_offset for a in firing}))
-    out["null"] = _null_summary(args.seeds * args.caption_null_items, [o for r in nulls for o in r], args.ert)
+        thresholds.append(round(mon.seq.threshold, 3))
+    out["null"] = _null_summary(args.caption_null_items, nulls, args.ert)
+    out["null"]["threshold_nats_per_seed"] = thresholds
+    out["null"]["wall_s"] = round(time.perf_counter() - t0 - prep_s, 1)
+    if args.only == "nulls":
+        out["shift_scenario"] = None
+        return out
 
     rates = _topic_rates(codes, row_of, ["street", "kitchen", "beach"])
     p_before = sum(w * rates[t] for t, w in before.items())
@@ -380,11 +401,61 @@ def _throughput(args, batch: int = 500) -> float:
         return n / (time.perf_counter() - t0)
 
 
+def _scenario(args, kind: str, size: float, dictionary) -> dict[str, Any]:
+    """One synthetic shift over its seeds: the x3 target runs ``--target-seeds`` times, the others ``--seeds``."""
+    seeds = args.target_seeds if (kind, size) == TARGET_SCENARIO else args.seeds
+    runs = [_synthetic_scenario(args, kind, size, s, dictionary) for s in range(seeds)]
+    censor = args.horizon
+    precision = [r["precision"] for r in runs if not math.isnan(r["precision"])]
+    delays = [r["delay"] for r in runs]
+    ci, coverage = intervals.median_ci([censor if d is None else d for d in delays])
+    return {
+        "kind": kind,
+        "size": size,
+        "runs": len(runs),
+        "planted_per_run": args.planted,
+        "precision": float(np.mean(precision)) if precision else None,  # None: nothing named
+        "recall": float(np.mean([r["recall"] for r in runs])),
+        "wrong_direction": int(sum(r["wrong_direction"] for r in runs)),
+        "delays": delays,
+        "delay_items_median": _median(delays, censor),
+        "delay_ci95": None if ci is None else list(ci),
+        "delay_ci_coverage": round(coverage, 4),
+        "detected_runs": sum(d is not None for d in delays),
+        "pre_onset_false_alarms": int(sum(r["pre_onset_false_alarms"] for r in runs)),
+        "mmd_delay_items_median": None if args.no_mmd else _median([r["mmd_delay"] for r in runs], censor),
+        "delay_censored_at": censor,
+    }
+
+
+def _synthetic_nulls(args) -> dict[str, Any]:
+    t0 = time.perf_counter()
+    nulls = [_synthetic_null(args, s) for s in range(args.null_seeds)]
+    out = _null_summary(args.null_items, [r["offsets"] for r in nulls], args.ert)
+    out["alarms_by_kind"] = {k: sum(r["kinds"].count(k) for r in nulls) for k in ("prevalence", "activation")}
+    out["examples"] = [e for r in nulls for e in r["examples"]][:10]
+    out["hypotheses"] = nulls[0]["hypotheses"]
+    out["threshold_nats"] = round(nulls[0]["threshold"], 3)
+    out["threshold_nats_per_seed"] = [round(r["threshold"], 3) for r in nulls]
+    out["calibration"] = nulls[0]["calibration"]
+    out["wall_s"] = round(time.perf_counter() - t0, 1)
+    return out
+
+
+def _band(null: dict[str, Any] | None) -> str | None:
+    return None if null is None else intervals.band_verdict(null["ratio_to_ert"], null["ratio_ci95"], 1.0, 2.0)
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     from monitor.synthetic.codes import random_dictionary
 
+    for name in ("seeds", "null_seeds", "target_seeds"):
+        if getattr(args, name) < 1:
+            raise ConfigError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
     t_start = time.perf_counter()
-    peers.peers_python(args)  # a wrong --peers-python fails now, not after the long part
+    nulls_only = args.only == "nulls"
+    if not nulls_only:
+        peers.peers_python(args)  # a wrong --peers-python fails now, not after the long part
     out: dict[str, Any] = {
         "machine": _cpu_model(),
         "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
@@ -397,63 +468,62 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "calibrated": not args.no_calibrate,
         "min_prevalence_change": args.min_prevalence_change,
         "seeds": args.seeds,
+        "null_seeds": args.null_seeds,
+        "target_seeds": args.target_seeds,
+        "only": args.only,
     }
-    out["throughput_images_per_s"] = round(_throughput(args), 1)
+    if nulls_only:
+        out["throughput_images_per_s"] = out["update_ms_by_batch"] = None
+    else:
+        out["throughput_images_per_s"] = round(_throughput(args), 1)
+        # the cost of one update at the pipeline's default batch (64), at 100 and at the test batch, one core
+        out["update_ms_by_batch"] = {str(b): round(b / _throughput(args, b) * 1e3, 3)
+                                     for b in sorted({64, 100, args.batch})}
     out["throughput_threads"] = 1
-    # the cost of one update at the pipeline's default batch (64), at 100 and at the test batch, one core
-    out["update_ms_by_batch"] = {str(b): round(b / _throughput(args, b) * 1e3, 3)
-                                 for b in sorted({64, 100, args.batch})}
 
-    nulls = [_synthetic_null(args, s) for s in range(args.seeds)]
-    out["null"] = _null_summary(args.seeds * args.null_items, [o for r in nulls for o in r["offsets"]], args.ert)
-    out["null"]["alarms_by_kind"] = {k: sum(r["kinds"].count(k) for r in nulls) for k in ("prevalence", "activation")}
-    out["null"]["examples"] = [e for r in nulls for e in r["examples"]][:10]
-    out["null"]["hypotheses"] = nulls[0]["hypotheses"]
-    out["null"]["threshold_nats"] = round(nulls[0]["threshold"], 3)
-    out["null"]["calibration"] = nulls[0]["calibration"]
-
-    dictionary = None if args.no_mmd else random_dictionary(args.concepts, args.dim, seed=11)
-    scenarios = []
-    for kind, size in SCENARIOS:
-        runs = [_synthetic_scenario(args, kind, size, s, dictionary) for s in range(args.seeds)]
-        censor = args.horizon
-        precision = [r["precision"] for r in runs if not math.isnan(r["precision"])]
-        scenarios.append({
-            "kind": kind,
-            "size": size,
-            "runs": len(runs),
-            "planted_per_run": args.planted,
-            "precision": float(np.mean(precision)) if precision else None,  # None: nothing named
-            "recall": float(np.mean([r["recall"] for r in runs])),
-            "wrong_direction": int(sum(r["wrong_direction"] for r in runs)),
-            "delay_items_median": _median([r["delay"] for r in runs], censor),
-            "detected_runs": sum(r["delay"] is not None for r in runs),
-            "pre_onset_false_alarms": int(sum(r["pre_onset_false_alarms"] for r in runs)),
-            "mmd_delay_items_median": None if args.no_mmd else _median([r["mmd_delay"] for r in runs], censor),
-            "delay_censored_at": censor,
-        })
-    out["scenarios"] = scenarios
+    out["null"] = _synthetic_nulls(args)
+    dictionary = None if args.no_mmd or nulls_only else random_dictionary(args.concepts, args.dim, seed=11)
+    out["scenarios"] = [] if nulls_only else [_scenario(args, kind, size, dictionary) for kind, size in SCENARIOS]
     out["captions"] = None if args.no_captions else _captions(args)
-    out["peers"] = peers.run(args, captions=not args.no_captions)
-
-    target = next(s for s in scenarios if (s["kind"], s["size"]) == TARGET_SCENARIO)
-    in_band = lambda n: (not n["censored"]) and 1.0 <= n["ratio_to_ert"] <= 2.0  # noqa: E731
-    cap = out["captions"]
-    dense_delays = [] if cap is None else [d for d in (
-        None if args.no_mmd else cap["shift_scenario"]["mmd_delay_items_median"],
-        peers.best_caption_delay(out["peers"])) if d is not None]
-    out["targets"] = {
-        "stated_shift": "synthetic: prevalence x3 on 5 concepts with base prevalence 1-5%; captions: "
-                        f"{args.coastal:.0%} of scenes turn coastal",
-        "synthetic_delay_ok": target["delay_items_median"] <= 250,
-        "synthetic_precision_ok": target["precision"] is not None and target["precision"] >= 0.9,
-        "null_run_length_ok": in_band(out["null"]),
-        "caption_null_run_length_ok": None if cap is None else in_band(cap["null"]),
-        "caption_precision_ok": None if cap is None else (cap["shift_scenario"]["precision"] or 0) >= 0.95,
-        # against the best dense detector that ran: our MMD and the alibi-detect peers
-        "caption_delay_ok": None if cap is None or not dense_delays else
-        cap["shift_scenario"]["delay_items_median"] <= min(dense_delays),
-        "throughput_ok": out["throughput_images_per_s"] >= 100_000,
-    }
+    out["peers"] = None if nulls_only else peers.run(args, captions=not args.no_captions)
+    out["targets"] = _targets(args, out)
     out["wall_s"] = round(time.perf_counter() - t_start, 1)
     return out
+
+
+def _targets(args, out: dict[str, Any]) -> dict[str, Any]:
+    """Issue 15's checks. The ``*_ok`` booleans judge the point figures; the ``*_verdict`` keys (one of
+    intervals.VERDICTS) say whether the 95 % interval settles them. None: that part did not run."""
+    cap = out["captions"]
+    cap_null = None if cap is None else cap["null"]
+    targets: dict[str, Any] = {
+        "stated_shift": "synthetic: prevalence x3 on 5 concepts with base prevalence 1-5%; captions: "
+                        f"{args.coastal:.0%} of scenes turn coastal",
+        "null_run_length_ok": _in_band(out["null"]),
+        "null_run_length_verdict": _band(out["null"]),
+        "caption_null_run_length_ok": None if cap_null is None else _in_band(cap_null),
+        "caption_null_run_length_verdict": _band(cap_null),
+    }
+    target = next((s for s in out["scenarios"] if (s["kind"], s["size"]) == TARGET_SCENARIO), None)
+    shift = None if cap is None else cap["shift_scenario"]
+    dense_delays = [] if shift is None else [d for d in (
+        None if args.no_mmd else shift["mmd_delay_items_median"], peers.best_caption_delay(out["peers"]))
+        if d is not None]
+    tp = out["throughput_images_per_s"]
+    targets |= {
+        "synthetic_delay_ok": None if target is None else target["delay_items_median"] <= 250,
+        "synthetic_delay_verdict": None if target is None else intervals.band_verdict(
+            target["delay_items_median"], target["delay_ci95"], -math.inf, 250),
+        "synthetic_precision_ok": None if target is None else
+        target["precision"] is not None and target["precision"] >= 0.9,
+        "caption_precision_ok": None if shift is None else (shift["precision"] or 0) >= 0.95,
+        # against the best dense detector that ran: our MMD and the alibi-detect peers
+        "caption_delay_ok": None if shift is None or not dense_delays else
+        shift["delay_items_median"] <= min(dense_delays),
+        "throughput_ok": None if tp is None else tp >= 100_000,
+    }
+    return targets
+
+
+def _in_band(null: dict[str, Any]) -> bool:
+    return (not null["censored"]) and 1.0 <= null["ratio_to_ert"] <= 2.0
