@@ -18,7 +18,7 @@ import numpy as np
 
 from monitor.errors import ConfigError
 from workers.benchmarks import cpu_model as _cpu_model
-from workers.benchmarks import intervals, peers
+from workers.benchmarks import intervals, oracle, peers
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -58,6 +58,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--mmd-reference", type=int, default=1000, help="reference embeddings of the MMD baseline")
     parser.add_argument("--mmd-bootstraps", type=int, default=1000, help="null draws calibrating the MMD threshold")
     parser.add_argument("--dim", type=int, default=128, help="dense dimension of the synthetic MMD baseline")
+    parser.add_argument("--oracle", action="store_true", help="also run the oracle scans (workers/benchmarks/"
+                        "oracle.py) on the x3 streams and report them under the key oracle")
+    oracle.add_oracle_arguments(parser)
     peers.add_arguments(parser)
 
 
@@ -486,6 +489,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     out["scenarios"] = [] if nulls_only else [_scenario(args, kind, size, dictionary) for kind, size in SCENARIOS]
     out["captions"] = None if args.no_captions else _captions(args)
     out["peers"] = None if nulls_only else peers.run(args, captions=not args.no_captions)
+    if args.oracle and not nulls_only:
+        out["oracle"] = oracle.run_scenarios(args, seeds=args.target_seeds)
     out["targets"] = _targets(args, out)
     out["wall_s"] = round(time.perf_counter() - t_start, 1)
     return out
