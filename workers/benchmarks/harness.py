@@ -12,6 +12,7 @@ import sys
 TARGETS: dict[str, str] = {
     "solver": "workers.benchmarks.solver",
     "drift": "workers.benchmarks.drift",
+    "oracle": "workers.benchmarks.oracle",
     "scrape": "workers.benchmarks.scrape",
     "history": "workers.benchmarks.history",
     "pipeline": "workers.benchmarks.pipeline",

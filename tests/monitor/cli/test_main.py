@@ -10,7 +10,7 @@ import pytest
 from monitor.cli import main as cli
 
 DESIGN_COMMANDS = {"decompose", "vocab", "calibrate", "run", "backfill", "history", "dashboards", "bench", "demo"}
-BENCH_TARGETS = {"solver", "drift", "scrape", "history", "pipeline", "gpu"}
+BENCH_TARGETS = {"solver", "drift", "oracle", "scrape", "history", "pipeline", "gpu"}
 
 
 def _choices(parser):
