@@ -375,6 +375,7 @@ def _ours(args) -> dict[str, Any]:
     for key in ("concepts", "mean_l0", "batch", "reference", "ert", "planted", "horizon"):
         setattr(dargs, key, getattr(args, key))
     dargs.target_seeds = args.seeds
+    dargs.no_mmd = True  # no dense baseline here
     return drift._scenario(dargs, *drift.TARGET_SCENARIO, None)
 
 
