@@ -7,6 +7,8 @@ of a concept against its reference rate p, for the alternative min(factor · p, 
 ``max_batches``. Three detectors are read off the same ratios:
 
 * ``scan``: the largest ratio over all concepts and windows (told the factor and the direction, not the concepts);
+* ``top``: the sum of the k largest ratios over all concepts per window, k the number of planted concepts (told
+  the factor, the direction and how many concepts move, not which: evidence pooled across concepts);
 * ``told``: the largest ratio over the planted concepts only (told which concepts could move, not when);
 * ``told_joint``: the sum of the planted concepts' ratios per window (told everything but the change time: the
   likelihood ratio of "all of them rose by the factor over the last L batches").
@@ -37,7 +39,7 @@ import numpy as np
 
 from workers.benchmarks import cpu_model as _cpu_model
 
-VARIANTS = ("scan", "told", "told_joint")
+VARIANTS = ("scan", "top", "told", "told_joint")
 ALT_CAP = 0.95  # the synthetic generator caps a shifted rate there too
 
 
@@ -141,9 +143,15 @@ def reference_rates(counts: np.ndarray, n: int) -> np.ndarray:
 # statistics per window length, thresholds from one pass
 
 
+def _top_sum(llr: np.ndarray, k: int) -> np.ndarray:
+    """Per window, the sum of the k largest ratios over concepts."""
+    return np.partition(llr, llr.shape[1] - k, axis=1)[:, llr.shape[1] - k:].sum(axis=1)
+
+
 def _variant_stats(llr: np.ndarray, planted: np.ndarray) -> dict[str, np.ndarray]:
     sub = llr[:, planted]
-    return {"scan": llr.max(axis=1), "told": sub.max(axis=1), "told_joint": sub.sum(axis=1)}
+    return {"scan": llr.max(axis=1), "top": _top_sum(llr, len(planted)), "told": sub.max(axis=1),
+            "told_joint": sub.sum(axis=1)}
 
 
 def null_pass(scan: WindowScan, batches, planted: np.ndarray) -> tuple[dict[str, np.ndarray], int]:
@@ -235,9 +243,13 @@ def scan_stream(scan: WindowScan, batches, planted: np.ndarray, thresholds: dict
         llr = scan.update(counts, size)
         best = llr.max(axis=0)  # per concept, over windows
         joint = llr[:, planted].sum(axis=1).max()
+        top = _top_sum(llr, len(planted)).max()
         for d, (v, c) in thresholds.items():
             if v == "scan":
                 names = set(np.flatnonzero(best >= c).tolist())
+            elif v == "top":  # names the k concepts with the largest ratios that have any evidence
+                lead = np.argpartition(best, len(best) - len(planted))[len(best) - len(planted):]
+                names = set(lead[best[lead] > 0].tolist()) if top >= c else set()
             elif v == "told":
                 names = {j for j in planted_set if best[j] >= c}
             else:

@@ -56,7 +56,9 @@ def _really_restarting_alarms(p, batches, planted, c, variant, max_batches):
     out = []
     for t, (counts, size, _) in enumerate(batches):
         llr = scan.update(counts, size)
-        stat = {"scan": llr.max(), "told": llr[:, planted].max(), "told_joint": llr[:, planted].sum(axis=1).max()}
+        top = np.sort(llr, axis=1)[:, -len(planted):].sum(axis=1).max()
+        stat = {"scan": llr.max(), "top": top, "told": llr[:, planted].max(),
+                "told_joint": llr[:, planted].sum(axis=1).max()}
         if stat[variant] >= c:
             out.append(t)
             scan.reset()
