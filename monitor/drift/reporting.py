@@ -12,7 +12,24 @@ from monitor.drift.sequential import SequentialConceptTest
 from monitor.drift.stats import ConceptMoments
 from monitor.records import Alarm
 
-__all__ = ["NarrowResult", "ColumnMoments", "report_at", "step_result"]
+__all__ = ["AtFew", "NarrowResult", "ColumnMoments", "report_at", "step_result"]
+
+
+class AtFew:
+    """A read-only stand-in for a dense float array that is zero except at a few entries: indexing with a concept
+    (``[j]``) or a hypothesis and concept (``[h, j]``) returns the stored value or 0.0. The alarm book reads a
+    quiet batch's result at a handful of entries only, and the dense (4, concepts) and (concepts,) zeros it used to
+    get cost more to allocate and fill than everything it read from them."""
+
+    __slots__ = ("shape", "_at")
+
+    def __init__(self, shape: tuple[int, ...], keys, values: np.ndarray) -> None:
+        self.shape = shape
+        self._at = dict(zip(keys, np.asarray(values, dtype=np.float64).tolist()))
+
+    def __getitem__(self, key) -> float:
+        key = tuple(int(x) for x in key) if isinstance(key, tuple) else int(key)
+        return self._at.get(key, 0.0)
 
 
 class NarrowResult:
@@ -27,12 +44,11 @@ class NarrowResult:
         self.tested, self.threshold, self.n_hypotheses = res.tested, res.threshold, res.n_hypotheses
         self.fire = np.zeros(res.tested.shape, dtype=bool)
         self.fire[fh, fj] = True
-        self.evidence = np.zeros(res.tested.shape)
         keys = [(HYPOTHESES.index((a.kind, a.direction)), a.concept_index) for a in active if a.concept_index >= 0]
         h = np.concatenate([np.array([k[0] for k in keys], dtype=np.int64), fh])
         j = np.concatenate([np.array([k[1] for k in keys], dtype=np.int64), fj])
-        if len(h):
-            self.evidence[h, j] = test.evidence_at(h, j)
+        self.evidence = AtFew(res.tested.shape, zip(h.tolist(), j.tolist()),
+                              test.evidence_at(h, j) if len(h) else np.zeros(0))
 
 
 class ColumnMoments:
@@ -48,13 +64,11 @@ class ColumnMoments:
 def report_at(ref: ConceptMoments, recent: list[ConceptMoments], cols: np.ndarray, cfg: DriftConfig,
                n_concepts: int) -> tuple:
     """``report_and_gates`` computed at ``cols`` only, zeros elsewhere (a quiet batch: the alarm book reads the
-    active alarms' concepts and nothing else) -- the same figures at those columns."""
+    active alarms' concepts and nothing else) -- the same figures at those columns, as :class:`AtFew` (the gates
+    stay a dense mask: the book scans it)."""
     got = report_and_gates(ColumnMoments([ref], cols), ColumnMoments(recent, cols), cfg)
-    out = []
-    for part in got[:5]:
-        full = np.zeros(n_concepts)
-        full[cols] = part
-        out.append(full)
+    keys = cols.tolist()
+    out = [AtFew((n_concepts,), keys, part) for part in got[:5]]
     ok = np.zeros((4, n_concepts), dtype=bool)
     ok[:, cols] = got[5]
     return (*out, ok)
