@@ -488,22 +488,40 @@ class SequentialConceptTest:
         alpha, total, n, wsum, wsq = snapshot
         ns = self._ns
         rate = alpha / total if total > 0 else np.zeros_like(alpha)
+        # The (alternatives, concepts) arrays below are computed in place, one allocation each: every fresh
+        # temporary of this size costs its page faults, which were most of a refresh (same operations, same values).
         with np.errstate(divide="ignore"):
             lq = np.log1p(-rate)
-            # k log(p1 / p) per present item, p1 = 1 - (1 - p)^e: (8, concepts), the fall rows used on [:ns]
-            self._log_odds = np.log(-np.expm1(_EXPONENTS * lq)) - np.log(rate)
-        self._a_prev = (_EXPONENTS - 1.0) * lq  # (8, concepts): per absent item
+            # k log(p1 / p) per present item, p1 = 1 - (1 - p)^e: (alternatives, concepts), fall rows used on [:ns]
+            lo = _EXPONENTS * lq
+            np.expm1(lo, out=lo)
+            np.negative(lo, out=lo)
+            np.log(lo, out=lo)
+            lo -= np.log(rate)
+            self._log_odds = lo
+        self._a_prev = (_EXPONENTS - 1.0) * lq  # (alternatives, concepts): per absent item
         self._lq = lq
         mu = wsum[:ns] / max(n, 1)
         var = np.maximum(wsq[:ns] / max(n, 1) - mu * mu, 1e-300)
         lam = _SHIFTS / np.sqrt(var)  # (shift, concept)
         b = np.stack([np.maximum(self._wmax[:ns] - mu, 1e-12), np.maximum(mu, 1e-12)])  # one-sided ranges
-        u = np.minimum(lam[None] * b[:, None], 700.0)  # (direction, shift, concept)
+        u = lam[None] * b[:, None]  # (direction, shift, concept)
+        np.minimum(u, 700.0, out=u)
         v = var / (b * b)
-        psi = v[:, None] * np.expm1(u) - v[:, None] * u  # Bennett's m var/b^2 (e^{lam b} - 1 - lam b), per item
+        # Bennett's m var/b^2 (e^{lam b} - 1 - lam b), per item: v (e^u - 1) - v u
+        psi = np.expm1(u)
+        psi *= v[:, None]
+        u *= v[:, None]
+        psi -= u
         self._mu, self._lam, self._psi = mu, lam, psi
         # absent: S = 0, so the deviation is -m mu (up) or +m mu (down)
-        self._a_act = np.stack([-lam * mu - psi[0], lam * mu - psi[1]])
+        a_act = np.empty((2,) + lam.shape)
+        np.negative(lam, out=a_act[0])
+        a_act[0] *= mu
+        a_act[0] -= psi[0]
+        np.multiply(lam, mu, out=a_act[1])
+        a_act[1] -= psi[1]
+        self._a_act = a_act
         self._since = 0
         self._factors: dict[tuple[int, float], tuple] = {}
 
@@ -512,13 +530,14 @@ class SequentialConceptTest:
         (4, concepts), down (4, supported), activation (2, 4, supported); cached per batch size and cap."""
         got = self._factors.get((m, cap))
         if got is None:
-            ns = self._ns
-            f_prev = np.exp(np.clip(m * self._a_prev, _FLOOR_NATS, cap))
-            f_act = np.exp(np.clip(m * self._a_act, _FLOOR_NATS, cap))
+            # only the entries a step reads, each array computed in place (one allocation each, see _refresh)
+            got = (m * self._a_prev[:_NF], m * self._a_prev[_NF:, :self._ns], m * self._a_act)
+            for f in got:
+                np.clip(f, _FLOOR_NATS, cap, out=f)
+                np.exp(f, out=f)
             if len(self._factors) >= _FACTOR_CACHE:
                 self._factors.pop(next(iter(self._factors)))
-            got = self._factors[(m, cap)] = (np.ascontiguousarray(f_prev[:_NF]),
-                                             np.ascontiguousarray(f_prev[_NF:, :ns]), f_act)
+            self._factors[(m, cap)] = got
         return got
 
     def _prevalence_step(self, m: int, where: np.ndarray, k: np.ndarray, cap: float, ecap: float) -> None:
