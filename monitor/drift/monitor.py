@@ -189,9 +189,9 @@ class StreamMonitor:
             seq = NarrowResult(seq, self.seq, active, fh, fj)
             cols = np.unique(np.concatenate([np.array([a.concept_index for a in active if a.concept_index >= 0],
                                                       dtype=np.int64), fj]))
-            parts = self._recent_parts()
-            report = report_at(ref_stats.concepts, parts, cols, self.config.drift, len(self.concept_names))
-            cur = ColumnMoments(parts, cols[:0])  # its n_images is all the StepResult takes from it
+            cur = ColumnMoments(self._recent_parts(), cols)
+            report = report_at(ColumnMoments([ref_stats.concepts], cols), cur, cols, self.config.drift,
+                               len(self.concept_names))
             res = step_result(seq, ref_stats.concepts, cur, self.config.drift, self._stream_score, report)
         else:
             res = step_result(seq, ref_stats.concepts, self._recent(), self.config.drift, self._stream_score)

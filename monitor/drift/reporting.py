@@ -61,12 +61,12 @@ class ColumnMoments:
         self.weight_sq_sum = sum((p.weight_sq_sum[cols] for p in parts), np.zeros(len(cols)))
 
 
-def report_at(ref: ConceptMoments, recent: list[ConceptMoments], cols: np.ndarray, cfg: DriftConfig,
-               n_concepts: int) -> tuple:
-    """``report_and_gates`` computed at ``cols`` only, zeros elsewhere (a quiet batch: the alarm book reads the
-    active alarms' concepts and nothing else) -- the same figures at those columns, as :class:`AtFew` (the gates
-    stay a dense mask: the book scans it)."""
-    got = report_and_gates(ColumnMoments([ref], cols), ColumnMoments(recent, cols), cfg)
+def report_at(ref: ColumnMoments, cur: ColumnMoments, cols: np.ndarray, cfg: DriftConfig, n_concepts: int
+              ) -> tuple:
+    """``report_and_gates`` of the reference and recent moments at ``cols`` (:class:`ColumnMoments` over those
+    columns), zeros elsewhere (a quiet batch: the alarm book reads the active alarms' concepts and nothing else) --
+    the same figures at those columns, as :class:`AtFew` (the gates stay a dense mask: the book scans it)."""
+    got = report_and_gates(ref, cur, cfg)
     keys = cols.tolist()
     out = [AtFew((n_concepts,), keys, part) for part in got[:5]]
     ok = np.zeros((4, n_concepts), dtype=bool)

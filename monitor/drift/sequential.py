@@ -639,16 +639,17 @@ class SequentialConceptTest:
         """``evidence[h, j]`` of a few entries without computing the others (the same arithmetic)."""
         if self._evidence is not None:
             return self._evidence[h, j]
+        h, j = np.asarray(h, dtype=np.int64), np.asarray(j, dtype=np.int64)
         out = np.zeros(len(h))
-        on = (self._prev, self._prev, self._act, self._act)
+        p = self._pos[j]
+        # untested entries stay 0: concepts outside the test, kinds not run, falls and activation of unsupported ones
+        on = np.array((self._prev, self._prev, self._act, self._act))[h] & (p >= 0) & ((h == 0) | (p < self._ns))
         blocks = self._blocks()
-        for i, (hh, jj) in enumerate(zip(np.asarray(h).tolist(), np.asarray(j).tolist())):
-            p = int(self._pos[jj])
-            if p < 0 or not on[hh] or (hh > 0 and p >= self._ns):
-                continue
-            blk = blocks[hh]
-            with np.errstate(divide="ignore"):
-                out[i] = np.maximum(np.log(blk[:, [p]].sum(axis=0) / len(blk)), 0.0)[0]
+        with np.errstate(divide="ignore"):
+            for hh in np.unique(h[on]).tolist():  # one gather per hypothesis row; column sums as in ``evidence``
+                at = np.flatnonzero(on & (h == hh))
+                blk = blocks[hh]
+                out[at] = np.maximum(np.log(blk[:, p[at]].sum(axis=0) / len(blk)), 0.0)
         return out
 
     def firing_keys(self) -> tuple[np.ndarray, np.ndarray]:

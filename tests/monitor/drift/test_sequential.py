@@ -453,3 +453,24 @@ def test_the_monitor_calibrates_on_its_fixed_reference_items():
         mon.update(codes, items)
     assert mon.seq.ready and mon.seq.calibration["resampled_rows"] == 2_050
     assert mon._reference_rows == []  # dropped once used
+
+
+@pytest.mark.parametrize("kinds", [("prevalence", "activation"), ("activation",)])
+def test_evidence_at_a_few_entries_is_the_full_evidence_there_bit_for_bit(kinds):
+    """The quiet-batch path reads ``evidence_at``: on tested and untested entries alike (a concept the reference
+    never saw, kinds not run) it is the full evidence array at those entries, to the last bit."""
+    batches = _batches(4000, [Shift(int(np.argsort(PROFILE.prevalence)[-2]), 3000, "prevalence", 5.0)], seed=4)
+    ref = WindowStats(C)
+    for codes, _ in batches[:20]:
+        ref.update(codes)
+    test = SequentialConceptTest(C, DriftConfig(ert=1000.0, calibrate=False, kinds=kinds))
+    test.set_reference(ref)
+    for codes, _ in batches[20:]:
+        test.update(codes)
+    rng = np.random.default_rng(0)
+    h = np.concatenate([np.repeat(np.arange(4), C), rng.integers(0, 4, 50)])
+    j = np.concatenate([np.tile(np.arange(C), 4), rng.integers(0, C, 50)])
+    got = test.evidence_at(h, j)  # before ``evidence`` is cached, so the narrow arithmetic runs
+    full = test.evidence[h, j]
+    assert got.tobytes() == full.tobytes() and (full > 0).any() and (full == 0).any()
+    assert test.evidence_at(np.zeros(0, np.int64), np.zeros(0, np.int64)).shape == (0,)
