@@ -80,7 +80,7 @@ class DriftConfig:
     suppresses alarms, so the false-alarm bound holds.
     ``calibrate``: spend the budget: when the reference is set, a short simulation from the reference (its own items
     when the monitor kept them) measures how far beyond ERT the analytic threshold puts the no-drift run length, and
-    lowers the threshold by that factor (aiming at 1.4 x ERT). False keeps the analytic threshold, whose run length is proved >= ERT but is several
+    lowers the threshold by that factor (aiming at 1.2 x ERT). False keeps the analytic threshold, whose run length is proved >= ERT but is several
     times longer in practice.
     """
 

@@ -68,7 +68,7 @@ def test_calibration_spends_the_budget_without_going_under_ert():
     batches = _batches(60_000, seed=12)
     alarms = _null_alarms(test, batches)
     ratio = 60_000 / max(alarms, 1) / ert
-    # aimed at 1.4 x ERT; at ~40 expected alarms the Poisson spread is about 16 %
+    # aimed at CALIBRATION_TARGET (1.2) x ERT; at ~40 expected alarms the Poisson spread is about 16 %
     assert 0.9 <= ratio <= 2.5, (alarms, ratio, test.calibration)
     assert _null_alarms(analytic, batches) < alarms  # the analytic threshold is the conservative one
 
@@ -416,15 +416,15 @@ def test_a_state_saved_with_the_four_alternative_grids_loads_with_the_added_ones
         other.load_state_dict({**state, "r": r[:-1]})
 
 
-def _grouped_codes(n, groups, size, seed):
+def _grouped_codes(n, groups, size, seed, foreign=0):
     """``n`` items, each holding every concept of one group drawn uniformly (concepts of a group always co-occur),
-    weights 0.1-0.3."""
+    weights 0.1-0.3; ``foreign`` more concepts that no item holds."""
     rng = np.random.default_rng(seed)
     g = rng.integers(groups, size=n)
     indices = (g[:, None] * size + np.arange(size)[None]).ravel().astype(np.int32)
     values = rng.uniform(0.1, 0.3, len(indices)).astype(np.float32)
     return SparseCodes(np.arange(0, n * size + 1, size, dtype=np.int64), indices, values,
-                       np.ones(n, np.float32), np.zeros(n, np.float32), groups * size)
+                       np.ones(n, np.float32), np.zeros(n, np.float32), groups * size + foreign)
 
 
 def test_calibration_from_the_reference_rows_sees_concepts_that_fire_together():
@@ -444,6 +444,39 @@ def test_calibration_from_the_reference_rows_sees_concepts_that_fire_together():
     assert by["rows"][1]["resampled_rows"] == 4_000 and by["independent"][1]["resampled_rows"] == 0
     assert by["rows"][1]["ratio"] > 2.0 * by["independent"][1]["ratio"], by
     assert by["rows"][0] > by["independent"][0]
+
+
+def test_unseen_rate_is_the_good_turing_missing_mass_shared_among_the_unseen():
+    # 10 items; concepts 0 and 1 never seen, 2 and 3 seen once (f1 = 2): (2 + 1) / 10 per item over 2 concepts
+    assert seq_mod._unseen_rate(np.array([0, 0, 1, 1, 3, 5]), 10) == pytest.approx(0.15)
+    assert seq_mod._unseen_rate(np.array([0, 0, 0, 4]), 10) == pytest.approx(1 / 10 / 3)  # no singleton: (0 + 1) / n
+    assert seq_mod._unseen_rate(np.array([2, 3]), 10) == 0.0  # nothing unseen
+    assert seq_mod._unseen_rate(np.zeros(3), 0) == 0.0
+
+
+def test_calibration_draws_a_foreign_vocabulary_at_the_missing_mass_not_at_each_posterior():
+    """A reference whose items hold only a few of many concepts (a caption stream over a 10,000-word vocabulary):
+    the simulated no-drift stream holds never-seen concepts about (f1 + 1) / n times per item -- here 1 / 4,000, as
+    no concept is seen exactly once -- where drawing each from its own posterior Beta(1/2, n + 1/2) would put
+    ~3,000 / 8,000 = 0.37 per item, alarms the real stream never raises."""
+    groups, size, foreign = 40, 8, 3_000
+    rows = _grouped_codes(4_000, groups, size, seed=53, foreign=foreign)
+    ref = WindowStats(rows.n_concepts)
+    ref.update(rows)
+    test = SequentialConceptTest(rows.n_concepts, DriftConfig(ert=2_000.0, kinds=("prevalence",)))
+    test.set_reference(ref)
+    state = test.state_dict()
+    rng = np.random.default_rng(0)
+    rate = seq_mod._unseen_rate(test._alpha - seq_mod._PRIOR, test._n)
+    assert rate == pytest.approx(1 / 4_000 / foreign)
+    draw = seq_mod._SimStream(test, state, rows, 100, rng, rate)
+    assert len(draw.extra) == foreign
+    unseen = np.zeros(test._ct, dtype=bool)
+    unseen[draw.extra] = True
+    seen_unseen = sum(int(draw()[0][unseen].sum()) for _ in range(400))  # 40,000 simulated items
+    assert seen_unseen <= 40  # Poisson mean 10
+    spend = test.calibrate(50, rows=rows, seed=5, min_alarms=40)
+    assert spend > 0 and test.calibration["resampled_rows"] == 4_000
 
 
 def test_the_monitor_calibrates_on_its_fixed_reference_items():
