@@ -116,11 +116,12 @@ def _unseen_rate(presence: np.ndarray, n_items: int) -> float:
     """The per-item rate calibrate() gives each concept its reference never saw: the Good-Turing estimate of the
     share of concept occurrences that fall on unseen concepts, (f1 + 1) / occurrences with f1 the concepts seen in
     exactly one item (plus one, so a reference without singletons still leaves some room), times the occurrences
-    per item: (f1 + 1) / n unseen occurrences per item, shared equally among the unseen concepts. The posterior of each unseen concept
-    alone (Beta(1/2, n + 1/2), mean 1/(2n + 2)) is the right law for one concept taken on its own, but summed over a
-    vocabulary that is mostly foreign to the stream (87 % of the MiniLM concepts never occur in the caption
-    benchmark's reference) it predicted ~0.4 never-seen concepts per caption where there are none, and so false
-    alarms the real stream never raises: the calibration then spent too little (caption null 2.3 x ERT).
+    per item: (f1 + 1) / n unseen occurrences per item, shared equally among the unseen concepts. The posterior of
+    each unseen concept alone (Beta(1/2, n + 1/2), mean 1/(2n + 2)) is the right law for one concept taken on its
+    own, but summed over a vocabulary that is mostly foreign to the stream (87 % of the MiniLM concepts never occur
+    in the caption benchmark's reference) it predicted ~0.4 never-seen concepts per caption where there are none,
+    and so false alarms the real stream never raises: the calibration then spent too little (caption null 2.3 x
+    ERT).
     """
     presence = np.asarray(presence, dtype=np.float64)
     unseen = int((presence <= 0).sum())
