@@ -35,6 +35,7 @@ import numpy as np
 
 from monitor.drift.detectors import HYPOTHESES, DriftConfig
 from monitor.drift.stats import WindowStats
+from monitor.errors import ConfigError
 from monitor.records import SparseCodes
 
 __all__ = ["RATE_FACTORS", "FALL_FACTORS", "MEAN_SHIFTS", "REFRESH_FRACTION", "SequentialResult",
@@ -87,6 +88,31 @@ _DENSE_SHARE = 3
 # between refreshes a concept absent from a batch has a likelihood ratio that depends only on the batch size,
 # computed once per size -- so a batch costs exact work only for the concepts it holds.
 REFRESH_FRACTION = 0.05
+# Which code runs a batch's pass over the detector blocks: "numba" (the compiled kernels of
+# monitor/drift/kernels.py), "numpy" (the numpy passes below), or "auto" (numba when it imports). Both give the same
+# values; the compiled pass reads and writes each block once where numpy makes five or six passes
+# (docs/drift.md, §4 "Cost").
+BACKEND = "auto"
+_KERNELS: list = []  # monitor.drift.kernels once loaded (imported on first use: numba takes ~0.3 s to import)
+
+
+def _fused():
+    """monitor.drift.kernels when ``BACKEND`` asks for it (and, for "auto", numba imports), else None."""
+    if BACKEND == "numpy":
+        return None
+    if BACKEND not in ("auto", "numba"):
+        raise ConfigError(f"sequential BACKEND is {BACKEND!r}; expected 'auto', 'numba' or 'numpy'")
+    if not _KERNELS:
+        from monitor.drift import kernels
+
+        _KERNELS.append(kernels)
+    kernels = _KERNELS[0]
+    if kernels.AVAILABLE:
+        return kernels
+    if BACKEND == "numba":
+        raise ConfigError("sequential BACKEND is 'numba', but numba does not import: pip install numba, or set "
+                          "'auto' or 'numpy'")
+    return None
 
 
 def _config_dict(cfg: DriftConfig) -> dict[str, Any]:
@@ -583,6 +609,14 @@ class SequentialConceptTest:
             return
         f_up, f_dn, _ = self._absent_factors(m, cap)
         n_sup = int(np.searchsorted(where, ns))  # supported concepts come first
+        fused = _fused()
+        if fused is not None:  # compiled passes, the same values (monitor/drift/kernels.py); exp stays in numpy
+            llr = np.empty((2 * _NF, len(where)))
+            fused.prevalence_llr(self._log_odds, self._a_prev, where, k, float(m), _FLOOR_NATS, cap, llr)
+            np.exp(llr, out=llr)
+            fused.block_step(self._r_up, f_up, where, llr[:_NF], float(m), ecap, self._rowmax[0])
+            fused.block_step(self._r_dn, f_dn, where[:n_sup], llr[_NF:, :n_sup], float(m), ecap, self._rowmax[1])
+            return
         llr = np.take(self._log_odds, where, axis=1)
         llr *= k
         llr += (m - k) * np.take(self._a_prev, where, axis=1)
@@ -628,6 +662,15 @@ class SequentialConceptTest:
             return
         f_act = self._absent_factors(m, cap)[2]
         cols = where[:n_sup]
+        fused = _fused()
+        if fused is not None:  # the held concepts' log factors and one compiled pass per block (kernels.py)
+            llr = np.empty((2, _NK, n_sup))
+            fused.activation_llr(self._lam, self._mu, self._psi, cols, s[:n_sup], s_up[:n_sup], float(m),
+                                 _FLOOR_NATS, cap, llr)
+            np.exp(llr, out=llr)
+            for d in range(2):
+                fused.block_step(self._r_act[d], f_act[d], cols, llr[d], float(m), ecap, self._rowmax[2 + d])
+            return
         mu = self._mu[cols]
         lam = self._lam[:, cols]
         devs = (s_up[:n_sup] - m * mu, m * mu - s[:n_sup])

@@ -11,12 +11,18 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import monitor.drift.sequential as seq_mod
-from monitor.drift import DriftConfig, MonitorConfig, ReferenceConfig, StreamMonitor, WindowConfig
+from monitor.drift import DriftConfig, MonitorConfig, ReferenceConfig, StreamMonitor, WindowConfig, kernels
 from monitor.drift.sequential import SequentialConceptTest
 from monitor.drift.stats import WindowStats
+from monitor.errors import ConfigError
 from monitor.records import SparseCodes
 from monitor.synthetic.codes import ConceptProfile, Shift, concept_profile, synthetic_stream
 from tests.monitor.drift.helpers import DirectSequential
+
+# The per-batch pass runs compiled (numba, monitor/drift/kernels.py) when numba imports, numpy otherwise: the tests
+# that compare with the direct update run on both.
+BACKENDS = [pytest.param("numba", marks=pytest.mark.skipif(not kernels.AVAILABLE, reason="numba does not import")),
+            "numpy"]
 
 C = 400
 PROFILE = concept_profile(C, 12, seed=1)
@@ -152,10 +158,12 @@ def _stack(parts):
                        l1=np.concatenate([p.l1 for p in parts]), n_concepts=C)
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("dense_share", [seq_mod._DENSE_SHARE, 0, 10**9])  # as shipped, never dense, always
 @pytest.mark.parametrize("kinds", [("prevalence", "activation"), ("prevalence",), ("activation",)])
-def test_optimised_update_equals_the_direct_update_on_random_streams(kinds, dense_share, monkeypatch):
+def test_optimised_update_equals_the_direct_update_on_random_streams(kinds, dense_share, backend, monkeypatch):
     monkeypatch.setattr(seq_mod, "_DENSE_SHARE", dense_share)
+    monkeypatch.setattr(seq_mod, "BACKEND", backend)
     batches = _mixed_stream(9000, seed=21)
     ref = WindowStats(C)
     for codes in batches[:8]:
@@ -190,9 +198,11 @@ def _assert_matches_direct(test, direct, res=None):
         assert res.any_fire == bool(direct.fire().any())
 
 
-def test_a_state_round_trip_mid_stream_continues_like_the_direct_update():
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_state_round_trip_mid_stream_continues_like_the_direct_update(backend, monkeypatch):
     """Saved and restored every few batches (varied sizes, refreshes and capped detectors on the way), the test
     keeps matching the direct update, and reset() restarts both the same way."""
+    monkeypatch.setattr(seq_mod, "BACKEND", backend)
     batches = _mixed_stream(6000, seed=23)
     ref = WindowStats(C)
     for codes in batches[:8]:
@@ -216,13 +226,23 @@ def test_a_state_round_trip_mid_stream_continues_like_the_direct_update():
     assert direct.null[2] > null_n  # the null was refreshed on the way
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
 @settings(max_examples=12, deadline=None)
 @given(seed=st.integers(0, 2**31 - 1), sizes=st.lists(st.sampled_from([1, 3, 17, 64, 100, 250]), min_size=3,
                                                        max_size=12),
        kinds=st.sampled_from([("prevalence", "activation"), ("prevalence",), ("activation",)]))
-def test_random_batches_of_random_sizes_match_the_direct_update(seed, sizes, kinds):
+def test_random_batches_of_random_sizes_match_the_direct_update(backend, seed, sizes, kinds):
     """Property: whatever the batch sizes and the codes, the fast update equals the direct one after every batch
     (a small vocabulary, so the large-batch path runs too)."""
+    before = seq_mod.BACKEND
+    seq_mod.BACKEND = backend  # not monkeypatch: a function-scoped fixture is shared by hypothesis's examples
+    try:
+        _random_batches_match_the_direct_update(seed, sizes, kinds)
+    finally:
+        seq_mod.BACKEND = before
+
+
+def _random_batches_match_the_direct_update(seed, sizes, kinds):
     c = 40
     rng = np.random.default_rng(seed)
     prevalence = rng.uniform(0.0, 0.4, c)
@@ -507,3 +527,45 @@ def test_evidence_at_a_few_entries_is_the_full_evidence_there_bit_for_bit(kinds)
     full = test.evidence[h, j]
     assert got.tobytes() == full.tobytes() and (full > 0).any() and (full == 0).any()
     assert test.evidence_at(np.zeros(0, np.int64), np.zeros(0, np.int64)).shape == (0,)
+
+
+@pytest.mark.skipif(not kernels.AVAILABLE, reason="numba does not import")
+@pytest.mark.parametrize("batch", [1, 7, 64])
+def test_the_compiled_pass_gives_the_numpy_passes_values_bit_for_bit(batch, monkeypatch):
+    """The compiled pass does the numpy passes' arithmetic in the same order (exp stays in numpy), so R, the row
+    maxima of the screen and the evidence are the same to the last bit, capped and firing detectors included."""
+    batches = _mixed_stream(6000, seed=31)
+    stacked = _stack(batches)
+    ref = WindowStats(C)
+    ref.update(stacked.slice(0, 400))
+    tests = {}
+    for backend in ("numba", "numpy"):
+        monkeypatch.setattr(seq_mod, "BACKEND", backend)
+        test = SequentialConceptTest(C, DriftConfig(ert=200.0, calibrate=False))
+        test.set_reference(ref)
+        test.spend = 3.0  # detectors fire and reach the cap
+        tests[backend] = test
+    fired = 0
+    for lo in range(400, len(stacked), batch):
+        codes = stacked.slice(lo, min(lo + batch, len(stacked)))
+        results = {}
+        for backend, test in tests.items():
+            monkeypatch.setattr(seq_mod, "BACKEND", backend)
+            results[backend] = test.update(codes)
+        a, b = tests["numba"], tests["numpy"]
+        assert a.state_dict()["r"].tobytes() == b.state_dict()["r"].tobytes()
+        for x, y in zip(a._rowmax, b._rowmax):
+            assert x.tobytes() == y.tobytes()
+        assert results["numba"].any_fire == results["numpy"].any_fire
+        fired += results["numba"].any_fire
+    assert results["numba"].evidence.tobytes() == results["numpy"].evidence.tobytes()
+    assert fired > 5 and (a.state_dict()["r"] >= np.exp(a.threshold + 2.0) * (1 - 1e-12)).any()
+
+
+def test_an_unknown_backend_is_refused_by_name(monkeypatch):
+    monkeypatch.setattr(seq_mod, "BACKEND", "cuda")
+    ref = _reference(2000)
+    test = SequentialConceptTest(C, DriftConfig(ert=200.0, calibrate=False))
+    test.set_reference(ref)
+    with pytest.raises(ConfigError, match="BACKEND is 'cuda'; expected 'auto', 'numba' or 'numpy'"):
+        test.update(_batches(100, seed=3)[0][0].slice(0, 1))  # one item: the sparse pass, which reads BACKEND
