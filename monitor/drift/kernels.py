@@ -20,7 +20,7 @@ try:
 except ImportError:  # numba is a runtime dependency, but the numpy passes still work without it
     numba = None
 
-__all__ = ["AVAILABLE", "block_step", "prevalence_llr", "activation_llr"]
+__all__ = ["AVAILABLE", "batch_sums", "block_step", "prevalence_llr", "activation_llr"]
 
 AVAILABLE = numba is not None
 
@@ -61,34 +61,72 @@ def _block_step(r: np.ndarray, f: np.ndarray, cols: np.ndarray, held: np.ndarray
         top[i] = t
 
 
-def _prevalence_llr(log_odds: np.ndarray, a_prev: np.ndarray, where: np.ndarray, k: np.ndarray, m: float,
-                    floor: float, cap: float, out: np.ndarray) -> None:
-    """The log-LR of every prevalence alternative (rows) at each concept the batch holds (``where``, presence counts
-    ``k``), clipped to [floor, cap]: k log(p1 / p) + (m - k) (e - 1) log(1 - p), in the numpy passes' order."""
-    for h in range(out.shape[0]):
-        for p in range(where.shape[0]):
-            j = where[p]
-            x = log_odds[h, j] * k[p]
-            x += (m - k[p]) * a_prev[h, j]
+def _batch_sums(pos: np.ndarray, w: np.ndarray, wmax: np.ndarray, acc: np.ndarray
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The batch's concepts (sorted internal positions; ``pos`` < 0: a concept outside the test) and, for each, the
+    presence count, weight sum, sum of squares and weight sum with every weight clipped at ``wmax`` -- what numpy's
+    bincounts give, summed in the same order. ``acc`` (4 x concepts, zeros) is scratch, left zeroed."""
+    for i in range(pos.shape[0]):
+        j = pos[i]
+        if j < 0:
+            continue
+        x = w[i]
+        acc[0, j] += 1.0
+        acc[1, j] += x
+        acc[2, j] += x * x
+        if x > wmax[j]:
+            acc[3, j] += x - wmax[j]
+    n = 0
+    for j in range(acc.shape[1]):
+        if acc[0, j] > 0.0:
+            n += 1
+    where = np.empty(n, np.int64)
+    k, s, sq, s_up = np.empty(n), np.empty(n), np.empty(n), np.empty(n)
+    p = 0
+    for j in range(acc.shape[1]):
+        if acc[0, j] > 0.0:
+            where[p] = j
+            k[p], s[p], sq[p] = acc[0, j], acc[1, j], acc[2, j]
+            s_up[p] = acc[1, j] - acc[3, j]
+            acc[0, j] = acc[1, j] = acc[2, j] = acc[3, j] = 0.0
+            p += 1
+    return where, k, s, sq, s_up
+
+
+def _prevalence_llr(table: np.ndarray, where: np.ndarray, k: np.ndarray, m: float, floor: float, cap: float,
+                    out: np.ndarray) -> None:
+    """The log-LR of every prevalence alternative h at each concept the batch holds (``where``, presence counts
+    ``k``), clipped to [floor, cap]: k log(p1 / p) + (m - k) (e - 1) log(1 - p), in the numpy passes' order.
+    ``table`` is (concepts, 2 x alternatives): log(p1 / p) of each alternative, then (e - 1) log(1 - p) -- one
+    concept's entries side by side, so a gather reads one or two cache lines per concept, not one per alternative."""
+    n_alt = out.shape[0]
+    for p in range(where.shape[0]):
+        j = where[p]
+        for h in range(n_alt):
+            x = table[j, h] * k[p]
+            x += (m - k[p]) * table[j, n_alt + h]
             out[h, p] = min(max(x, floor), cap)
 
 
-def _activation_llr(lam: np.ndarray, mu: np.ndarray, psi: np.ndarray, cols: np.ndarray, s: np.ndarray,
-                    s_up: np.ndarray, m: float, floor: float, cap: float, out: np.ndarray) -> None:
-    """The log of Bennett's factor of every activation shift (up and down) at each supported concept the batch
+def _activation_llr(table: np.ndarray, cols: np.ndarray, s: np.ndarray, s_up: np.ndarray, m: float, floor: float,
+                    cap: float, out: np.ndarray) -> None:
+    """The log of Bennett's factor of every activation shift h (up and down) at each supported concept the batch
     holds (``cols``, weight sums ``s`` and, clipped at the reference maximum, ``s_up``), clipped to [floor, cap]:
-    lam (S - m mu) - m psi (up), lam (m mu - S) - m psi (down), in the numpy passes' order."""
+    lam (S - m mu) - m psi_up (up), lam (m mu - S) - m psi_down (down), in the numpy passes' order. ``table`` is
+    (concepts, 1 + 3 x shifts): mu, then lam, psi up and psi down of each shift, one concept's entries together."""
+    n_shift = out.shape[1]
     for p in range(cols.shape[0]):
         j = cols[p]
-        mmu = m * mu[j]
+        mmu = m * table[j, 0]
         up = s_up[p] - mmu
         down = mmu - s[p]
-        for h in range(lam.shape[0]):
-            x = lam[h, j] * up
-            x -= m * psi[0, h, j]
+        for h in range(n_shift):
+            lam = table[j, 1 + h]
+            x = lam * up
+            x -= m * table[j, 1 + n_shift + h]
             out[0, h, p] = min(max(x, floor), cap)
-            x = lam[h, j] * down
-            x -= m * psi[1, h, j]
+            x = lam * down
+            x -= m * table[j, 1 + 2 * n_shift + h]
             out[1, h, p] = min(max(x, floor), cap)
 
 
@@ -109,4 +147,5 @@ else:  # the plain Python functions, for reading and for tests of the loops them
 
 block_step = _jit(_block_step)
 prevalence_llr = _jit(_prevalence_llr)
+batch_sums = _jit(_batch_sums)
 activation_llr = _jit(_activation_llr)
