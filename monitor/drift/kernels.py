@@ -1,14 +1,16 @@
-"""Compiled (numba) passes of the sequential tests' per-batch update: one pass over each detector block instead of
-the several numpy passes of monitor/drift/sequential.py, with the same values bit for bit. Used when numba imports;
-sequential.py keeps the numpy passes as the fallback (its ``BACKEND`` switch picks one).
+"""Compiled (numba) passes of the sequential tests' per-batch update, with the same values bit for bit as the numpy
+passes of monitor/drift/sequential.py. Used when numba imports; sequential.py keeps the numpy passes as the fallback
+(its ``BACKEND`` switch picks one).
 
-Why a compiled pass: between refreshes a batch multiplies every detector of a block by a cached factor and gives the
+Why compiled: between refreshes a batch multiplies every detector of a block by a cached factor and gives the
 concepts it holds their exact factor. In numpy that is ``r += m``, a gather of the held columns, ``r *= f``, a
 scatter, the cap and the row maxima -- five or six passes over ~2 MB of state at 10,000 concepts, each a separate
-trip through memory and a separate numpy call. Here each row is read and written once, the cap and the row maximum
-taken on the way. The exact factors of the held concepts stay in numpy (their exp is vectorised there; numba's exp
-is the scalar libm call, several times slower per element), so this module does no transcendental arithmetic and its
-results equal the numpy passes' exactly: (R + m) x factor, rounded once, then min(., e^cap).
+trip through memory and a numpy call, plus a dozen small calls to build the held concepts' factors and the batch's
+bincounts. Here each block row is read and written once, the cap and the row maximum taken on the way, and the
+small steps are one loop each. The held concepts' factors are exponentiated in numpy between the loops (numpy's exp
+is vectorised; numba's is the scalar libm call, several times slower per element), so this module does no
+transcendental arithmetic, and every sum and product is formed in the numpy passes' order: (R + m) x factor,
+rounded once, then min(., e^cap).
 """
 
 from __future__ import annotations
@@ -65,68 +67,63 @@ def _batch_sums(pos: np.ndarray, w: np.ndarray, wmax: np.ndarray, acc: np.ndarra
                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """The batch's concepts (sorted internal positions; ``pos`` < 0: a concept outside the test) and, for each, the
     presence count, weight sum, sum of squares and weight sum with every weight clipped at ``wmax`` -- what numpy's
-    bincounts give, summed in the same order. ``acc`` (4 x concepts, zeros) is scratch, left zeroed."""
+    bincounts give, summed in the same order. ``acc`` (concepts x 4, zeros) is scratch, left zeroed: one concept's
+    four sums share a cache line."""
     for i in range(pos.shape[0]):
         j = pos[i]
         if j < 0:
             continue
         x = w[i]
-        acc[0, j] += 1.0
-        acc[1, j] += x
-        acc[2, j] += x * x
+        acc[j, 0] += 1.0
+        acc[j, 1] += x
+        acc[j, 2] += x * x
         if x > wmax[j]:
-            acc[3, j] += x - wmax[j]
+            acc[j, 3] += x - wmax[j]
     n = 0
-    for j in range(acc.shape[1]):
-        if acc[0, j] > 0.0:
+    for j in range(acc.shape[0]):
+        if acc[j, 0] > 0.0:
             n += 1
     where = np.empty(n, np.int64)
     k, s, sq, s_up = np.empty(n), np.empty(n), np.empty(n), np.empty(n)
     p = 0
-    for j in range(acc.shape[1]):
-        if acc[0, j] > 0.0:
+    for j in range(acc.shape[0]):
+        if acc[j, 0] > 0.0:
             where[p] = j
-            k[p], s[p], sq[p] = acc[0, j], acc[1, j], acc[2, j]
-            s_up[p] = acc[1, j] - acc[3, j]
-            acc[0, j] = acc[1, j] = acc[2, j] = acc[3, j] = 0.0
+            k[p], s[p], sq[p] = acc[j, 0], acc[j, 1], acc[j, 2]
+            s_up[p] = acc[j, 1] - acc[j, 3]
+            acc[j, 0] = acc[j, 1] = acc[j, 2] = acc[j, 3] = 0.0
             p += 1
     return where, k, s, sq, s_up
 
 
-def _prevalence_llr(table: np.ndarray, where: np.ndarray, k: np.ndarray, m: float, floor: float, cap: float,
-                    out: np.ndarray) -> None:
-    """The log-LR of every prevalence alternative h at each concept the batch holds (``where``, presence counts
-    ``k``), clipped to [floor, cap]: k log(p1 / p) + (m - k) (e - 1) log(1 - p), in the numpy passes' order.
-    ``table`` is (concepts, 2 x alternatives): log(p1 / p) of each alternative, then (e - 1) log(1 - p) -- one
-    concept's entries side by side, so a gather reads one or two cache lines per concept, not one per alternative."""
-    n_alt = out.shape[0]
-    for p in range(where.shape[0]):
-        j = where[p]
-        for h in range(n_alt):
-            x = table[j, h] * k[p]
-            x += (m - k[p]) * table[j, n_alt + h]
+def _prevalence_llr(log_odds: np.ndarray, a_prev: np.ndarray, where: np.ndarray, k: np.ndarray, m: float,
+                    floor: float, cap: float, out: np.ndarray) -> None:
+    """The log-LR of every prevalence alternative (rows) at each concept the batch holds (``where``, presence counts
+    ``k``), clipped to [floor, cap]: k log(p1 / p) + (m - k) (e - 1) log(1 - p), in the numpy passes' order."""
+    for h in range(out.shape[0]):
+        for p in range(where.shape[0]):
+            j = where[p]
+            x = log_odds[h, j] * k[p]
+            x += (m - k[p]) * a_prev[h, j]
             out[h, p] = min(max(x, floor), cap)
 
 
-def _activation_llr(table: np.ndarray, cols: np.ndarray, s: np.ndarray, s_up: np.ndarray, m: float, floor: float,
-                    cap: float, out: np.ndarray) -> None:
-    """The log of Bennett's factor of every activation shift h (up and down) at each supported concept the batch
+def _activation_llr(lam: np.ndarray, mu: np.ndarray, psi: np.ndarray, cols: np.ndarray, s: np.ndarray,
+                    s_up: np.ndarray, m: float, floor: float, cap: float, out: np.ndarray) -> None:
+    """The log of Bennett's factor of every activation shift (up and down) at each supported concept the batch
     holds (``cols``, weight sums ``s`` and, clipped at the reference maximum, ``s_up``), clipped to [floor, cap]:
-    lam (S - m mu) - m psi_up (up), lam (m mu - S) - m psi_down (down), in the numpy passes' order. ``table`` is
-    (concepts, 1 + 3 x shifts): mu, then lam, psi up and psi down of each shift, one concept's entries together."""
-    n_shift = out.shape[1]
+    lam (S - m mu) - m psi (up), lam (m mu - S) - m psi (down), in the numpy passes' order."""
     for p in range(cols.shape[0]):
         j = cols[p]
-        mmu = m * table[j, 0]
+        mmu = m * mu[j]
         up = s_up[p] - mmu
         down = mmu - s[p]
-        for h in range(n_shift):
-            lam = table[j, 1 + h]
-            x = lam * up
-            x -= m * table[j, 1 + n_shift + h]
+        for h in range(lam.shape[0]):
+            x = lam[h, j] * up
+            x -= m * psi[0, h, j]
             out[0, h, p] = min(max(x, floor), cap)
-            x = lam * down
-            x -= m * table[j, 1 + 2 * n_shift + h]
+            x = lam[h, j] * down
+            x -= m * psi[1, h, j]
             out[1, h, p] = min(max(x, floor), cap)
 
 

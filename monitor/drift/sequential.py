@@ -285,7 +285,7 @@ class SequentialConceptTest:
         self.spend = 0.0  # nats taken off log(H x ERT) by calibrate()
         self.calibration: dict[str, float] = {}
         self._live: weakref.ref | None = None  # the last result handed out, filled in before the state moves
-        self._scratch: np.ndarray | None = None  # the compiled batch sums' zeroed (4, concepts) accumulators
+        self._scratch: np.ndarray | None = None  # the compiled batch sums' zeroed (concepts, 4) accumulators
         self._evidence: np.ndarray | None = None
         empty = np.zeros(0)
         self._install(np.zeros(0, dtype=np.int64), np.zeros(0, dtype=bool), empty, 0.0, 0, empty, empty, empty,
@@ -477,8 +477,8 @@ class SequentialConceptTest:
         w = codes.values.astype(np.float64)
         fused = _fused()
         if fused is not None:  # the bincounts below in one compiled loop, the same sums in the same order
-            if self._scratch is None or self._scratch.shape[1] != self._ct:
-                self._scratch = np.zeros((4, self._ct))
+            if self._scratch is None or len(self._scratch) != self._ct:
+                self._scratch = np.zeros((self._ct, 4))
             where, k, s, sq, s_up = fused.batch_sums(pos, w, self._wmax, self._scratch)
             self._step_sparse(m, where, k, s, sq, s_up)
             return self._result()
@@ -582,7 +582,6 @@ class SequentialConceptTest:
         self._a_act = a_act
         self._since = 0
         self._factors: dict[tuple[int, float], tuple] = {}
-        self._prev_table = self._act_table = None  # the compiled pass's per-concept copies, built on first use
 
     def _absent_factors(self, m: int, cap: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """exp(clip(m a, -700, cap)) of every detector for a concept absent from a batch of m items: prevalence up
@@ -620,10 +619,8 @@ class SequentialConceptTest:
         n_sup = int(np.searchsorted(where, ns))  # supported concepts come first
         fused = _fused()
         if fused is not None:  # compiled passes, the same values (monitor/drift/kernels.py); exp stays in numpy
-            if self._prev_table is None:  # per refresh: each concept's log-odds and absent terms side by side
-                self._prev_table = np.ascontiguousarray(np.concatenate([self._log_odds, self._a_prev]).T)
             llr = np.empty((2 * _NF, len(where)))
-            fused.prevalence_llr(self._prev_table, where, k, float(m), _FLOOR_NATS, cap, llr)
+            fused.prevalence_llr(self._log_odds, self._a_prev, where, k, float(m), _FLOOR_NATS, cap, llr)
             np.exp(llr, out=llr)
             fused.block_step(self._r_up, f_up, where, llr[:_NF], float(m), ecap, self._rowmax[0])
             fused.block_step(self._r_dn, f_dn, where[:n_sup], llr[_NF:, :n_sup], float(m), ecap, self._rowmax[1])
@@ -675,11 +672,9 @@ class SequentialConceptTest:
         cols = where[:n_sup]
         fused = _fused()
         if fused is not None:  # the held concepts' log factors and one compiled pass per block (kernels.py)
-            if self._act_table is None:  # per refresh: mu, lam, psi up and down of each concept side by side
-                self._act_table = np.ascontiguousarray(
-                    np.concatenate([self._mu[None], self._lam, self._psi[0], self._psi[1]]).T)
             llr = np.empty((2, _NK, n_sup))
-            fused.activation_llr(self._act_table, cols, s[:n_sup], s_up[:n_sup], float(m), _FLOOR_NATS, cap, llr)
+            fused.activation_llr(self._lam, self._mu, self._psi, cols, s[:n_sup], s_up[:n_sup], float(m),
+                                 _FLOOR_NATS, cap, llr)
             np.exp(llr, out=llr)
             for d in range(2):
                 fused.block_step(self._r_act[d], f_act[d], cols, llr[d], float(m), ecap, self._rowmax[2 + d])
