@@ -25,11 +25,29 @@ def register(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     targets = parser.add_subparsers(dest="target", metavar="WHAT", required=True)
     for name, module_name in TARGETS.items():
         module = importlib.import_module(module_name)
-        p = targets.add_parser(name, help=(module.__doc__ or "").strip().splitlines()[0] if module.__doc__ else None)
-        p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
-        module.add_arguments(p)
-        p.set_defaults(func=_runner(module))
+        p = targets.add_parser(name, help=_summary(module))
+        _add_target_arguments(p, module)
     return parser
+
+
+def module_main(module_name: str, argv: list[str] | None = None) -> int:
+    """``python3 -m MODULE [--json] ...``: one target run without the ``splice-monitor`` command (the GPU script runs
+    where the project is not installed); the same options and output as ``splice-monitor bench``."""
+    module = importlib.import_module(module_name)
+    parser = argparse.ArgumentParser(prog=f"python3 -m {module_name}", description=_summary(module))
+    _add_target_arguments(parser, module)
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+def _summary(module) -> str | None:
+    return (module.__doc__ or "").strip().splitlines()[0] if module.__doc__ else None
+
+
+def _add_target_arguments(parser: argparse.ArgumentParser, module) -> None:
+    parser.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    module.add_arguments(parser)
+    parser.set_defaults(func=_runner(module))
 
 
 def _runner(module):

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as _dt
-import json
 import math
 import os
 import sys
@@ -443,19 +442,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python3 -m workers.benchmarks.oracle",
-                                     description=__doc__.splitlines()[0])
-    parser.add_argument("--json", action="store_true", help="print one JSON object on stdout")
-    add_arguments(parser)
-    args = parser.parse_args(argv)
-    result = run(args)
-    if args.json:
-        json.dump(result, sys.stdout)
-        sys.stdout.write("\n")
-    else:
-        for key, value in result.items():
-            print(f"{key}: {value}")
-    return 0
+    from workers.benchmarks.harness import module_main
+
+    return module_main("workers.benchmarks.oracle", argv)
 
 
 if __name__ == "__main__":
