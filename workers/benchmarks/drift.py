@@ -235,11 +235,6 @@ SCENARIOS: tuple[tuple[str, float], ...] = (
 TARGET_SCENARIO = ("prevalence", 3.0)
 
 
-def _median(xs: list[float | None], censor: float) -> float:
-    vals = [censor if x is None else x for x in xs]
-    return float(np.median(vals)) if vals else math.nan
-
-
 # ---------------------------------------------------------------------------------------------------------------
 # real captions (MiniLM): a street-camera feed where a share of the scenes turns coastal
 
@@ -366,13 +361,13 @@ def _captions(args) -> dict[str, Any]:
     prec = [r["precision"] for r in runs if not math.isnan(r["precision"])]
     out["shift_scenario"] = {
         "runs": len(runs),
-        "delay_items_median": _median([r["delay"] for r in runs], censor),
+        "delay_items_median": intervals.censored_median([r["delay"] for r in runs], censor),
         "precision": float(np.mean(prec)) if prec else None,
         "recall": float(np.mean([r["recall"] for r in runs])),
         "named_per_run": float(np.mean([r["named"] for r in runs])),
         "relevant_concepts": len(relevant),
         "pre_onset_false_alarms": int(sum(r["pre_onset_false_alarms"] for r in runs)),
-        "mmd_delay_items_median": None if args.no_mmd else _median([r["mmd_delay"] for r in runs], censor),
+        "mmd_delay_items_median": None if args.no_mmd else intervals.censored_median([r["mmd_delay"] for r in runs], censor),
         "delay_censored_at": censor,
         "first_named": runs[0]["top_named"],
     }
@@ -421,12 +416,12 @@ def _scenario(args, kind: str, size: float, dictionary) -> dict[str, Any]:
         "recall": float(np.mean([r["recall"] for r in runs])),
         "wrong_direction": int(sum(r["wrong_direction"] for r in runs)),
         "delays": delays,
-        "delay_items_median": _median(delays, censor),
+        "delay_items_median": intervals.censored_median(delays, censor),
         "delay_ci95": None if ci is None else list(ci),
         "delay_ci_coverage": round(coverage, 4),
         "detected_runs": sum(d is not None for d in delays),
         "pre_onset_false_alarms": int(sum(r["pre_onset_false_alarms"] for r in runs)),
-        "mmd_delay_items_median": None if args.no_mmd else _median([r["mmd_delay"] for r in runs], censor),
+        "mmd_delay_items_median": None if args.no_mmd else intervals.censored_median([r["mmd_delay"] for r in runs], censor),
         "delay_censored_at": censor,
     }
 

@@ -7,11 +7,12 @@ The formulas and what they assume are in docs/benchmarks.md (section "drift", "I
 from __future__ import annotations
 
 import math
+import statistics
 from typing import Sequence
 
 from scipy import stats
 
-__all__ = ["VERDICTS", "band_verdict", "dispersion_p", "median_ci", "poisson_mean_ci", "run_length_ratio_ci"]
+__all__ = ["VERDICTS", "band_verdict", "censored_median", "dispersion_p", "median_ci", "poisson_mean_ci", "run_length_ratio_ci"]
 
 # Ordered from best to worst. "met": the point estimate is inside the band but the interval is not; "missed": the
 # point estimate is outside but the interval still reaches the band.
@@ -49,6 +50,12 @@ def run_length_ratio_ci(items: int, alarms: int, ert: float, level: float = 0.95
     lo_mean, hi_mean = poisson_mean_ci(alarms, level)
     lo = items / hi_mean / ert
     return lo, (None if lo_mean == 0.0 else items / lo_mean / ert)
+
+
+def censored_median(values: Sequence[float | None], censor: float) -> float:
+    """The median of delays where None (nothing detected within the horizon) counts as ``censor``; NaN when empty."""
+    vals = [censor if v is None else v for v in values]
+    return float(statistics.median(vals)) if vals else math.nan
 
 
 def median_ci(values: Sequence[float], level: float = 0.95) -> tuple[tuple[float, float] | None, float]:

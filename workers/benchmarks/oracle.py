@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as _dt
+import itertools
 import math
 import os
 import sys
@@ -304,7 +305,7 @@ def run_seed(args, seed: int, factor: float = 3.0) -> dict[str, Any]:
                                 args.reference, args.concepts)
     first = next(null)  # the reference counts are complete now
     scan = make_scan(ref)
-    upto, items = null_pass(scan, _chain([first], null), planted)
+    upto, items = null_pass(scan, itertools.chain([first], null), planted)
     cal = {v: calibrate(upto[v], items, args.ert) for v in VARIANTS}
     t_cal = time.perf_counter() - t0
 
@@ -315,20 +316,11 @@ def run_seed(args, seed: int, factor: float = 3.0) -> dict[str, Any]:
     scan = make_scan(ref)
     detectors = {v: (v, cal[v]["threshold_nats"]) for v in VARIANTS}
     detectors |= {f"{v}_below": (v, cal[v]["threshold_below_nats"]) for v in VARIANTS}
-    found = scan_stream(scan, _chain([first], stream), planted, detectors, onset, onset + args.horizon)
+    found = scan_stream(scan, itertools.chain([first], stream), planted, detectors, onset, onset + args.horizon)
     return {"seed": seed, "planted": planted.tolist(),
             "planted_rates": [round(float(profile.prevalence[j]), 5) for j in planted],
             "calibration": cal, "scenario": found, "calibrate_s": round(t_cal, 1),
             "wall_s": round(time.perf_counter() - t0, 1)}
-
-
-def _chain(head, tail):
-    yield from head
-    yield from tail
-
-
-def _median(xs: list, censor: float) -> float:
-    return float(np.median([censor if x is None else x for x in xs]))
 
 
 def run_scenarios(args, seeds: int | None = None) -> dict[str, Any]:
@@ -353,7 +345,7 @@ def run_scenarios(args, seeds: int | None = None) -> dict[str, Any]:
         ci, coverage = intervals.median_ci([args.horizon if d is None else d for d in delays])
         out[v] = {
             "delays": delays,
-            "delay_items_median": _median(delays, args.horizon),
+            "delay_items_median": intervals.censored_median(delays, args.horizon),
             "delay_ci95": None if ci is None else list(ci),
             "delay_ci_coverage": round(coverage, 4),
             "detected_runs": sum(d is not None for d in delays),
@@ -367,7 +359,7 @@ def run_scenarios(args, seeds: int | None = None) -> dict[str, Any]:
             "null_alarms": [c["alarms"] for c in cal],
             # one step of the statistic lower: a run length short of the ERT (the delay's other bracket)
             "delays_step_below": below,
-            "delay_items_median_step_below": _median(below, args.horizon),
+            "delay_items_median_step_below": intervals.censored_median(below, args.horizon),
             "null_run_length_step_below_items": [None if c["run_length_below_items"] is None
                                                  else round(c["run_length_below_items"], 1) for c in cal],
         }

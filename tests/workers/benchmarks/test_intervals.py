@@ -114,3 +114,9 @@ def test_dispersion_p_tells_equal_seeds_from_unequal_ones():
     assert intervals.dispersion_p([20, 20, 20]) == pytest.approx(1.0)
     assert intervals.dispersion_p([5, 40, 20]) < 1e-4
     assert intervals.dispersion_p([12]) is None and intervals.dispersion_p([0, 0]) is None
+
+
+def test_censored_median_counts_a_missed_detection_as_the_horizon():
+    assert intervals.censored_median([352, None, 160], 5000) == 352.0
+    assert intervals.censored_median([160, 224, None, None], 5000) == (224 + 5000) / 2
+    assert math.isnan(intervals.censored_median([], 5000))
